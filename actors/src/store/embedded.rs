@@ -1,0 +1,516 @@
+//! The embedded store of a single node: redb (an ACID B-tree store) in the data directory.
+//!
+//! Reads run on the caller's thread in their own read transaction. Writes go to one writer
+//! thread that takes everything queued, applies it in a single write transaction and commits
+//! once (one fsync for many messages: group commit), then answers every caller in order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::*;
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
+const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("convs");
+const MEMBERS: TableDefinition<(&str, &str), u8> = TableDefinition::new("members");
+const USER_CONVS: TableDefinition<(&str, &str), u8> = TableDefinition::new("user_convs");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// Most writes one commit takes; the rest wait for the next commit.
+const MAX_BATCH: usize = 4096;
+
+struct Job {
+    writes: Vec<Write>,
+    done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The redb-backed store. Cheap to share: clone the `Arc`.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// `None` only while dropping: closing the channel stops the writer thread.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    /// Stops the writer after it has committed what was queued, so the file can be reopened.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    rmp_serde::to_vec_named(v).map_err(backend)
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    rmp_serde::from_slice(b).map_err(backend)
+}
+
+fn role_code(r: Role) -> u8 {
+    match r {
+        Role::Member => 0,
+        Role::Admin => 1,
+        Role::Owner => 2,
+    }
+}
+
+fn role_of(c: u8) -> Role {
+    match c {
+        2 => Role::Owner,
+        1 => Role::Admin,
+        _ => Role::Member,
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`, for range scans.
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> StoreResult<Arc<Self>> {
+        std::fs::create_dir_all(dir).map_err(backend)?;
+        let db = Database::create(dir.join("kaiwa.redb")).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            txn.open_table(USERS).map_err(backend)?;
+            txn.open_table(ORGS).map_err(backend)?;
+            txn.open_table(CONVS).map_err(backend)?;
+            txn.open_table(MEMBERS).map_err(backend)?;
+            txn.open_table(USER_CONVS).map_err(backend)?;
+            txn.open_table(MESSAGES).map_err(backend)?;
+            txn.open_table(KV).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let wdb = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("kaiwa-store-writer".into())
+            .spawn(move || writer_loop(&wdb, rx))
+            .map_err(backend)?;
+        Ok(Arc::new(EmbeddedStore {
+            db,
+            jobs: Some(tx),
+            writer: Some(writer),
+        }))
+    }
+
+    fn read<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> StoreResult<T>,
+    {
+        let res = self
+            .db
+            .begin_read()
+            .map_err(backend)
+            .and_then(|txn| f(&txn));
+        std::future::ready(res).boxed()
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        id: &str,
+    ) -> StoreFuture<Option<T>> {
+        self.read(|txn| {
+            let t = txn.open_table(table).map_err(backend)?;
+            match t.get(id).map_err(backend)? {
+                Some(v) => Ok(Some(dec(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+/// Takes jobs as they come; each turn commits everything queued since the last one.
+fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].writes.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.writes.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let outcome = commit_batch(db, &jobs);
+        metrics::histogram!("kaiwa_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("kaiwa_store_batch_writes").record(count as f64);
+        match outcome {
+            Ok(per_job) => {
+                for (job, res) in jobs.into_iter().zip(per_job) {
+                    let _ = job.done.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!("store commit failed: {e}");
+                for job in jobs {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Applies the jobs in one transaction. A job whose appends do not continue their logs is
+/// skipped whole (its result is a conflict); the others commit together.
+fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>> {
+    let txn = db.begin_write().map_err(backend)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut stored = 0u64;
+    {
+        let mut users = txn.open_table(USERS).map_err(backend)?;
+        let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+        let mut convs = txn.open_table(CONVS).map_err(backend)?;
+        let mut members = txn.open_table(MEMBERS).map_err(backend)?;
+        let mut user_convs = txn.open_table(USER_CONVS).map_err(backend)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        // The last seq of each log touched by this batch, as the batch has left it.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        for job in jobs {
+            // Check every append of the job first, so that a job applies whole or not at all.
+            let mut planned: HashMap<&str, u64> = HashMap::new();
+            let mut conflict = None;
+            for w in &job.writes {
+                if let Write::Append { log, msg } = w {
+                    let cur = match planned.get(log.as_str()) {
+                        Some(s) => *s,
+                        None => match last.get(log) {
+                            Some(s) => *s,
+                            None => {
+                                let range = messages
+                                    .range((log.as_str(), 0u64)..=(log.as_str(), u64::MAX))
+                                    .map_err(backend)?;
+                                match range.rev().next() {
+                                    Some(r) => r.map_err(backend)?.0.value().1,
+                                    None => 0,
+                                }
+                            }
+                        },
+                    };
+                    if msg.msg.seq != cur + 1 {
+                        conflict = Some(format!(
+                            "log {log}: append of seq {} after {cur}",
+                            msg.msg.seq
+                        ));
+                        break;
+                    }
+                    planned.insert(log.as_str(), msg.msg.seq);
+                }
+            }
+            if let Some(c) = conflict {
+                results.push(Err(StoreError::Conflict(c)));
+                continue;
+            }
+            for w in &job.writes {
+                match w {
+                    Write::PutUser(u) => {
+                        users
+                            .insert(u.id.as_str(), enc(u)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Write::PutOrg(o) => {
+                        orgs.insert(o.id.as_str(), enc(o)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Write::PutConv(c) => {
+                        convs
+                            .insert(c.id.as_str(), enc(c)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Write::PutMember { conv, user, role } => {
+                        members
+                            .insert((conv.as_str(), user.as_str()), role_code(*role))
+                            .map_err(backend)?;
+                        user_convs
+                            .insert((user.as_str(), conv.as_str()), 0)
+                            .map_err(backend)?;
+                    }
+                    Write::RemoveMember { conv, user } => {
+                        members
+                            .remove((conv.as_str(), user.as_str()))
+                            .map_err(backend)?;
+                        user_convs
+                            .remove((user.as_str(), conv.as_str()))
+                            .map_err(backend)?;
+                    }
+                    Write::Append { log, msg } => {
+                        messages
+                            .insert((log.as_str(), msg.msg.seq), enc(msg)?.as_slice())
+                            .map_err(backend)?;
+                        stored += 1;
+                    }
+                    Write::PutKv { key, value } => {
+                        kv.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+                    }
+                    Write::DeleteKv { key } => {
+                        kv.remove(key.as_str()).map_err(backend)?;
+                    }
+                }
+            }
+            for (log, seq) in planned {
+                last.insert(log.to_string(), seq);
+            }
+            results.push(Ok(()));
+        }
+    }
+    txn.commit().map_err(backend)?;
+    metrics::counter!("kaiwa_messages_stored_total").increment(stored);
+    Ok(results)
+}
+
+impl Store for EmbeddedStore {
+    fn write(&self, writes: Vec<Write>) -> StoreFuture<()> {
+        let (done, rx) = oneshot::channel();
+        let sent = self
+            .jobs
+            .as_ref()
+            .map(|j| j.send(Job { writes, done }).is_ok());
+        if sent != Some(true) {
+            return std::future::ready(Err(backend("store writer stopped"))).boxed();
+        }
+        async move { rx.await.map_err(|_| backend("store writer stopped"))? }.boxed()
+    }
+
+    fn user(&self, id: &str) -> StoreFuture<Option<UserRecord>> {
+        self.get_record(USERS, id)
+    }
+
+    fn org(&self, id: &str) -> StoreFuture<Option<OrgRecord>> {
+        self.get_record(ORGS, id)
+    }
+
+    fn conv(&self, id: &str) -> StoreFuture<Option<ConvRecord>> {
+        self.get_record(CONVS, id)
+    }
+
+    fn members(&self, conv: &str) -> StoreFuture<Vec<(Id, Role)>> {
+        self.read(|txn| {
+            let t = txn.open_table(MEMBERS).map_err(backend)?;
+            let end = prefix_end("");
+            let mut out = Vec::new();
+            for row in t.range((conv, "")..(conv, end.as_str())).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                out.push((k.value().1.to_string(), role_of(v.value())));
+            }
+            Ok(out)
+        })
+    }
+
+    fn user_convs(&self, user: &str) -> StoreFuture<Vec<Id>> {
+        self.read(|txn| {
+            let t = txn.open_table(USER_CONVS).map_err(backend)?;
+            let end = prefix_end("");
+            let mut out = Vec::new();
+            for row in t.range((user, "")..(user, end.as_str())).map_err(backend)? {
+                let (k, _) = row.map_err(backend)?;
+                out.push(k.value().1.to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    fn messages(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<(Vec<StoredMessage>, bool)> {
+        self.read(|txn| {
+            let t = txn.open_table(MESSAGES).map_err(backend)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            let start = after.saturating_add(1);
+            for row in t.range((log, start)..=(log, u64::MAX)).map_err(backend)? {
+                if out.len() == limit {
+                    more = true;
+                    break;
+                }
+                let (_, v) = row.map_err(backend)?;
+                out.push(dec(v.value())?);
+            }
+            Ok((out, more))
+        })
+    }
+
+    fn tail(&self, log: &str, limit: usize) -> StoreFuture<Vec<StoredMessage>> {
+        self.read(|txn| {
+            let t = txn.open_table(MESSAGES).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t
+                .range((log, 0u64)..=(log, u64::MAX))
+                .map_err(backend)?
+                .rev()
+                .take(limit)
+            {
+                let (_, v) = row.map_err(backend)?;
+                out.push(dec(v.value())?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn last_seq(&self, log: &str) -> StoreFuture<u64> {
+        self.read(|txn| {
+            let t = txn.open_table(MESSAGES).map_err(backend)?;
+            let mut range = t.range((log, 0u64)..=(log, u64::MAX)).map_err(backend)?;
+            match range.next_back() {
+                Some(r) => Ok(r.map_err(backend)?.0.value().1),
+                None => Ok(0),
+            }
+        })
+    }
+
+    fn kv(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
+        self.read(|txn| {
+            let t = txn.open_table(KV).map_err(backend)?;
+            Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn kv_scan(&self, prefix: &str) -> StoreFuture<Vec<(String, Vec<u8>)>> {
+        self.read(|txn| {
+            let t = txn.open_table(KV).map_err(backend)?;
+            let end = prefix_end(prefix);
+            let mut out = Vec::new();
+            for row in t.range(prefix..end.as_str()).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Body, Message};
+
+    fn msg(log: &str, seq: u64) -> Write {
+        Write::Append {
+            log: log.into(),
+            msg: StoredMessage {
+                msg: Message {
+                    conv: log.into(),
+                    seq,
+                    msg_id: format!("m{seq}"),
+                    from: "u".into(),
+                    ts: 0,
+                    body: Body::Text(format!("t{seq}")),
+                    thread: None,
+                    origin: None,
+                },
+                client_msg_id: format!("c{seq}"),
+            },
+        }
+    }
+
+    fn block<T>(f: StoreFuture<T>) -> StoreResult<T> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn appends_are_gapless_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            block(s.write(vec![msg("a", 1), msg("a", 2)])).unwrap();
+            assert!(matches!(
+                block(s.write(vec![msg("a", 4)])),
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                block(s.write(vec![msg("a", 2)])),
+                Err(StoreError::Conflict(_))
+            ));
+            block(s.write(vec![msg("a", 3), msg("b", 1)])).unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(block(s.last_seq("a")).unwrap(), 3);
+        let (page, more) = block(s.messages("a", 1, 1)).unwrap();
+        assert_eq!(page[0].msg.seq, 2);
+        assert!(more);
+        let tail = block(s.tail("a", 2)).unwrap();
+        assert_eq!(
+            tail.iter().map(|m| m.msg.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn members_and_kv_scan_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        block(s.write(vec![
+            Write::PutMember {
+                conv: "g".into(),
+                user: "u1".into(),
+                role: Role::Owner,
+            },
+            Write::PutMember {
+                conv: "g".into(),
+                user: "u2".into(),
+                role: Role::Member,
+            },
+            Write::PutMember {
+                conv: "g2".into(),
+                user: "u1".into(),
+                role: Role::Member,
+            },
+            Write::PutKv {
+                key: "link/g/c1".into(),
+                value: vec![1],
+            },
+            Write::PutKv {
+                key: "link/g2/c1".into(),
+                value: vec![2],
+            },
+        ]))
+        .unwrap();
+        let m = block(s.members("g")).unwrap();
+        assert_eq!(
+            m,
+            vec![("u1".into(), Role::Owner), ("u2".into(), Role::Member)]
+        );
+        assert_eq!(
+            block(s.user_convs("u1")).unwrap(),
+            vec!["g".to_string(), "g2".to_string()]
+        );
+        assert_eq!(block(s.kv_scan("link/g/")).unwrap().len(), 1);
+        block(s.write(vec![Write::RemoveMember {
+            conv: "g".into(),
+            user: "u2".into(),
+        }]))
+        .unwrap();
+        assert_eq!(block(s.members("g")).unwrap().len(), 1);
+    }
+}
