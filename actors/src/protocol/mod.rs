@@ -8,5 +8,5 @@ pub mod frames;
 
 pub use body::Body;
 pub use codec::{Format, OutFrame, SharedEvent};
-pub use error::{ErrorCode, KaiwaError};
+pub use error::{ErrorCode, KResult, KaiwaError};
 pub use frames::*;

@@ -1,0 +1,26 @@
+//! Routing of events between nodes. A conversation publishes each event once; every node that
+//! hosts a recipient's connection receives it once and hands the same bytes to its local
+//! connections. Single node: [`local::LocalBus`]; cluster mode adds a Redis pub/sub backend
+//! behind the same trait.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use crate::protocol::{Id, SharedEvent};
+
+/// What travels on the bus.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    /// Deliver an event to every connection of these users.
+    Deliver {
+        recipients: Arc<[Id]>,
+        event: Arc<SharedEvent>,
+    },
+}
+
+/// The cross-node router.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes once; the bus reaches each node that hosts a recipient.
+    fn publish(&self, envelope: Envelope);
+}

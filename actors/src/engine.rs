@@ -1,0 +1,256 @@
+//! The engine: what every actor shares (store, bus, local hub, limits) and the directory that
+//! finds or activates the actor of an entity id.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, ArbiterHandle};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::bus::Bus;
+use crate::chat::ChatActor;
+use crate::group::GroupActor;
+use crate::hub::{Conn, Hub};
+use crate::ids;
+use crate::org::OrgActor;
+use crate::protocol::Format;
+use crate::store::Store;
+use crate::user::UserActor;
+
+/// Limits a node enforces; each has a flag and an env twin in the server's config.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame a client may send, in bytes; larger ones get `too_large`.
+    pub max_frame: usize,
+    /// Data frames a connection's outbox holds before the reader is cut off as too slow.
+    pub outbox_frames: usize,
+    /// How many recent `client_msg_id`s each conversation remembers for idempotency.
+    pub idempotency_window: usize,
+    /// Requests per second one connection may make, and the burst above that.
+    pub rate_per_sec: NonZeroU32,
+    pub rate_burst: NonZeroU32,
+    /// How often the server pings, and how long a silent client is kept.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 64 * 1024,
+            outbox_frames: 4096,
+            idempotency_window: 10_000,
+            rate_per_sec: NonZeroU32::new(2_000).unwrap_or(NonZeroU32::MIN),
+            rate_burst: NonZeroU32::new(4_000).unwrap_or(NonZeroU32::MIN),
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The address of a conversation actor, whichever kind it is.
+#[derive(Clone)]
+pub enum ConvAddr {
+    Chat(Addr<ChatActor>),
+    Group(Addr<GroupActor>),
+}
+
+impl ConvAddr {
+    /// Hands a request to the conversation; it answers the waiter itself.
+    pub fn request(&self, r: crate::conversation::ConvRequest) {
+        match self {
+            ConvAddr::Chat(a) => a.do_send(r),
+            ConvAddr::Group(a) => a.do_send(r),
+        }
+    }
+
+    /// False once the actor has stopped.
+    pub fn connected(&self) -> bool {
+        match self {
+            ConvAddr::Chat(a) => a.connected(),
+            ConvAddr::Group(a) => a.connected(),
+        }
+    }
+}
+
+/// Live actors of this node by entity id. One activation per id.
+#[derive(Default)]
+struct Directory {
+    users: DashMap<String, Addr<UserActor>>,
+    orgs: DashMap<String, Addr<OrgActor>>,
+    chats: DashMap<String, Addr<ChatActor>>,
+    groups: DashMap<String, Addr<GroupActor>>,
+}
+
+/// Shared state of the node's engine.
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    arbiter: ArbiterHandle,
+    dir: Directory,
+    next_conn: AtomicU64,
+}
+
+/// Finds the live actor in `map` or starts one on the engine's arbiter.
+fn find_or_start<A, F>(
+    map: &DashMap<String, Addr<A>>,
+    id: &str,
+    arbiter: &ArbiterHandle,
+    make: F,
+) -> Addr<A>
+where
+    A: Actor<Context = actix::Context<A>>,
+    F: FnOnce() -> A + Send + 'static,
+{
+    if let Some(a) = map.get(id) {
+        if a.connected() {
+            return a.clone();
+        }
+    }
+    match map.entry(id.to_string()) {
+        Entry::Occupied(mut e) if !e.get().connected() => {
+            let a = A::start_in_arbiter(arbiter, |_| make());
+            e.insert(a.clone());
+            a
+        }
+        Entry::Occupied(e) => e.get().clone(),
+        Entry::Vacant(v) => {
+            let a = A::start_in_arbiter(arbiter, |_| make());
+            v.insert(a.clone());
+            a
+        }
+    }
+}
+
+impl Engine {
+    /// An engine whose entity actors run on `arbiter`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        hub: Arc<Hub>,
+        limits: Limits,
+        arbiter: ArbiterHandle,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            store,
+            bus,
+            hub,
+            limits,
+            arbiter,
+            dir: Directory::default(),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// A new connection of `user`, with a fresh id and an outbox sized by the limits.
+    pub fn new_conn(&self, user: &str, format: Option<Format>) -> Arc<Conn> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Conn::new(
+            id,
+            user.to_string(),
+            self.limits.outbox_frames,
+            format,
+        ))
+    }
+
+    /// The arbiter entity actors run on.
+    pub fn arbiter(&self) -> &ArbiterHandle {
+        &self.arbiter
+    }
+
+    /// The user actor of `id`, activated if needed; `None` when `id` is not a user id.
+    pub fn user(self: &Arc<Self>, id: &str) -> Option<Addr<UserActor>> {
+        if !id.starts_with(ids::USER) {
+            return None;
+        }
+        let (e, i) = (self.clone(), id.to_string());
+        Some(find_or_start(
+            &self.dir.users,
+            id,
+            &self.arbiter,
+            move || UserActor::new(e, i),
+        ))
+    }
+
+    /// The org actor of `id`, activated if needed.
+    pub fn org(self: &Arc<Self>, id: &str) -> Option<Addr<OrgActor>> {
+        if !id.starts_with(ids::ORG) {
+            return None;
+        }
+        let (e, i) = (self.clone(), id.to_string());
+        Some(find_or_start(
+            &self.dir.orgs,
+            id,
+            &self.arbiter,
+            move || OrgActor::new(e, i),
+        ))
+    }
+
+    /// The chat actor of `id`, activated if needed (it may find no such chat yet).
+    pub fn chat(self: &Arc<Self>, id: &str) -> Option<Addr<ChatActor>> {
+        if !id.starts_with(ids::CHAT) {
+            return None;
+        }
+        let (e, i) = (self.clone(), id.to_string());
+        Some(find_or_start(
+            &self.dir.chats,
+            id,
+            &self.arbiter,
+            move || ChatActor::new(e, i),
+        ))
+    }
+
+    /// The group actor of `id`, activated if needed.
+    pub fn group(self: &Arc<Self>, id: &str) -> Option<Addr<GroupActor>> {
+        if !id.starts_with(ids::GROUP) {
+            return None;
+        }
+        let (e, i) = (self.clone(), id.to_string());
+        Some(find_or_start(
+            &self.dir.groups,
+            id,
+            &self.arbiter,
+            move || GroupActor::load(e, i),
+        ))
+    }
+
+    /// Starts the actor of a group being created; it writes the group, then answers `done`.
+    pub fn create_group(
+        self: &Arc<Self>,
+        spec: crate::group::GroupSpec,
+        done: crate::group::Done,
+    ) -> crate::protocol::Id {
+        let id = ids::new_group();
+        let (e, i) = (self.clone(), id.clone());
+        let addr = GroupActor::start_in_arbiter(&self.arbiter, move |_| {
+            GroupActor::create(e, i, spec, done)
+        });
+        self.dir.groups.insert(id.clone(), addr);
+        id
+    }
+
+    /// The conversation actor of a chat or group id.
+    pub fn conv(self: &Arc<Self>, id: &str) -> Option<ConvAddr> {
+        if id.starts_with(ids::CHAT) {
+            self.chat(id).map(ConvAddr::Chat)
+        } else {
+            self.group(id).map(ConvAddr::Group)
+        }
+    }
+
+    /// Forgets a group activation that is ending (a failed create or a missing group), so the
+    /// next lookup starts afresh.
+    pub fn forget_group(&self, id: &str) {
+        self.dir.groups.remove(id);
+    }
+
+    /// Forgets a chat activation that is ending.
+    pub fn forget_chat(&self, id: &str) {
+        self.dir.chats.remove(id);
+    }
+}

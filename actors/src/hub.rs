@@ -1,0 +1,120 @@
+//! The live connections of this node, by user. Fan-out looks recipients up here and pushes the
+//! shared frame into each connection's [`Outbox`]; the map is sharded, so no lock is shared by
+//! all sessions.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::outbox::Outbox;
+use crate::protocol::{Format, Id, SharedEvent};
+
+/// One live WebSocket connection as the engine sees it.
+pub struct Conn {
+    /// Unique per node, to tell a user's connections apart.
+    pub id: u64,
+    pub user: Id,
+    pub outbox: Outbox,
+    /// Encoding of pushed events: 0 = not yet chosen (JSON), 1 = JSON, 2 = MessagePack.
+    event_format: AtomicU8,
+}
+
+impl Conn {
+    /// A connection; `format` is the encoding asked for at connect time, if any.
+    pub fn new(id: u64, user: Id, outbox_limit: usize, format: Option<Format>) -> Self {
+        let f = match format {
+            None => 0,
+            Some(Format::Json) => 1,
+            Some(Format::MsgPack) => 2,
+        };
+        Conn {
+            id,
+            user,
+            outbox: Outbox::new(outbox_limit),
+            event_format: AtomicU8::new(f),
+        }
+    }
+
+    /// The encoding of pushed events: the one chosen at connect, else that of the client's
+    /// first frame, else JSON.
+    pub fn event_format(&self) -> Format {
+        match self.event_format.load(Ordering::Relaxed) {
+            2 => Format::MsgPack,
+            _ => Format::Json,
+        }
+    }
+
+    /// Records the encoding of a frame the client sent; only the first one counts.
+    pub fn saw_client_format(&self, f: Format) {
+        let v = if f == Format::MsgPack { 2 } else { 1 };
+        let _ = self
+            .event_format
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Live connections of this node, by user id.
+#[derive(Default)]
+pub struct Hub {
+    by_user: DashMap<Id, Vec<Arc<Conn>>>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a connection.
+    pub fn register(&self, conn: Arc<Conn>) {
+        self.by_user
+            .entry(conn.user.clone())
+            .or_default()
+            .push(conn);
+        metrics::gauge!("kaiwa_connections").increment(1.0);
+    }
+
+    /// Removes a connection (no-op if it is gone already).
+    pub fn unregister(&self, conn: &Conn) {
+        let mut removed = false;
+        self.by_user.remove_if_mut(&conn.user, |_, v| {
+            let before = v.len();
+            v.retain(|c| c.id != conn.id);
+            removed = v.len() != before;
+            v.is_empty()
+        });
+        if removed {
+            metrics::gauge!("kaiwa_connections").decrement(1.0);
+        }
+    }
+
+    /// Pushes the event to every connection of every recipient on this node; returns how many
+    /// connections it reached.
+    pub fn deliver(&self, recipients: &[Id], event: &SharedEvent) -> u64 {
+        let mut n = 0;
+        for user in recipients {
+            if let Some(conns) = self.by_user.get(user) {
+                for c in conns.iter() {
+                    if c.outbox.push(event.frame(c.event_format())) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// The live connections of one user.
+    pub fn conns_of(&self, user: &str) -> Vec<Arc<Conn>> {
+        self.by_user
+            .get(user)
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// True when the user has at least one connection here.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.by_user.contains_key(user)
+    }
+}

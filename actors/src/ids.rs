@@ -1,0 +1,78 @@
+//! Entity ids. The prefix names the kind of entity, so the directory knows which actor to
+//! activate for an id without a lookup; the rest is random (or, for 1:1 chats, derived from the
+//! pair so that `chat.open` finds the same chat every time).
+
+use sha2::{Digest, Sha256};
+
+use crate::protocol::Id;
+
+/// Prefix of user ids.
+pub const USER: &str = "u_";
+/// Prefix of org ids.
+pub const ORG: &str = "o_";
+/// Prefix of 1:1 chat ids.
+pub const CHAT: &str = "c_";
+/// Prefix of group ids.
+pub const GROUP: &str = "g_";
+
+fn random(prefix: &str) -> Id {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh user id.
+pub fn new_user() -> Id {
+    random(USER)
+}
+
+/// A fresh org id.
+pub fn new_org() -> Id {
+    random(ORG)
+}
+
+/// A fresh group id.
+pub fn new_group() -> Id {
+    random(GROUP)
+}
+
+/// A fresh message id; time-ordered so ids sort roughly by creation.
+pub fn new_msg() -> Id {
+    format!("m_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The id of the one 1:1 chat of two users, private (`org` = None) or inside an org. The same
+/// for either order of the pair.
+pub fn chat(a: &str, b: &str, org: Option<&str>) -> Id {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = Sha256::new();
+    h.update(x.as_bytes());
+    h.update([0]);
+    h.update(y.as_bytes());
+    h.update([0]);
+    h.update(org.unwrap_or("").as_bytes());
+    let d = h.finalize();
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{CHAT}{hex}")
+}
+
+/// Milliseconds since the Unix epoch, the unit of every `ts` and deadline.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chat_ids_ignore_order_but_not_org() {
+        assert_eq!(
+            super::chat("u_a", "u_b", None),
+            super::chat("u_b", "u_a", None)
+        );
+        assert_ne!(
+            super::chat("u_a", "u_b", None),
+            super::chat("u_a", "u_b", Some("o_1"))
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! The session actor: one per WebSocket connection. It decodes and checks every frame (size,
+//! shape, rate), never trusts the client, and hands each request to the actor that owns the
+//! rule: the conversation, the chat being opened, or the user itself. Replies and events do not
+//! pass through it: they go straight into the connection's outbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, AsyncContext, Context, StreamHandler};
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::chat::OpenChat;
+use crate::conversation::ConvRequest;
+use crate::engine::{ConvAddr, Engine};
+use crate::group::GroupSpec;
+use crate::hub::Conn;
+use crate::ids;
+use crate::outbox::{Outgoing, CLOSE_PING_TIMEOUT, CLOSE_TOO_BIG};
+use crate::protocol::codec::{decode_request, reply_err};
+use crate::protocol::{Empty, ErrorCode, Format, KaiwaError, Op, Request};
+use crate::reply::Waiter;
+use crate::user::Convs;
+
+/// Sessions cache this many conversation addresses before starting the cache afresh.
+const CONV_CACHE: usize = 1024;
+
+/// What the transport hands the session: decoded WebSocket messages.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong,
+    Close,
+    /// A frame past the transport's hard limit; the connection cannot continue.
+    TooLarge,
+    /// The transport failed (protocol violation, reset).
+    Broken(String),
+}
+
+/// One connection.
+pub struct Session {
+    engine: Arc<Engine>,
+    conn: Arc<Conn>,
+    last_seen: Instant,
+    limiter: DefaultDirectRateLimiter,
+    convs: HashMap<String, ConvAddr>,
+    frames_in: metrics::Counter,
+}
+
+impl Session {
+    /// The session of an attached connection.
+    pub fn new(engine: Arc<Engine>, conn: Arc<Conn>) -> Self {
+        let quota =
+            Quota::per_second(engine.limits.rate_per_sec).allow_burst(engine.limits.rate_burst);
+        Session {
+            engine,
+            conn,
+            last_seen: Instant::now(),
+            limiter: RateLimiter::direct(quota),
+            convs: HashMap::new(),
+            frames_in: metrics::counter!("kaiwa_frames_in_total"),
+        }
+    }
+
+    fn err_unsolicited(&self, format: Format, e: &KaiwaError) {
+        metrics::counter!("kaiwa_errors_total", "code" => e.code.as_str()).increment(1);
+        self.conn.outbox.push(reply_err(format, None, e));
+    }
+
+    fn frame(&mut self, format: Format, bytes: Bytes) {
+        self.frames_in.increment(1);
+        self.conn.saw_client_format(format);
+        if bytes.len() > self.engine.limits.max_frame {
+            let limit = self.engine.limits.max_frame;
+            return self.err_unsolicited(
+                format,
+                &KaiwaError::too_large(format!("frames are limited to {limit} bytes")),
+            );
+        }
+        let req = match decode_request(format, &bytes) {
+            Ok(r) => r,
+            Err((None, e)) => return self.err_unsolicited(format, &e),
+            Err((Some(re), e)) => {
+                return Waiter {
+                    conn: self.conn.clone(),
+                    re,
+                    format,
+                }
+                .err(&e)
+            }
+        };
+        let waiter = Waiter {
+            conn: self.conn.clone(),
+            re: req.id,
+            format,
+        };
+        if self.limiter.check().is_err() {
+            return waiter.err(&KaiwaError::new(
+                ErrorCode::RateLimited,
+                "too many requests; slow down",
+            ));
+        }
+        self.dispatch(req, waiter);
+    }
+
+    fn conv_addr(&mut self, id: &str) -> Option<ConvAddr> {
+        if let Some(a) = self.convs.get(id) {
+            if a.connected() {
+                return Some(a.clone());
+            }
+        }
+        let a = self.engine.conv(id)?;
+        if self.convs.len() >= CONV_CACHE {
+            self.convs.clear();
+        }
+        self.convs.insert(id.to_string(), a.clone());
+        Some(a)
+    }
+
+    fn dispatch(&mut self, req: Request, waiter: Waiter) {
+        let me = self.conn.user.clone();
+        match req.op {
+            Op::Ping => waiter.ok(&Empty {}),
+            Op::Convs => match self.engine.user(&me) {
+                Some(u) => u.do_send(Convs(waiter)),
+                None => waiter.err(&KaiwaError::internal("user actor unavailable")),
+            },
+            Op::ChatOpen(p) => {
+                let id = ids::chat(&me, &p.user, p.org.as_deref());
+                match self.engine.chat(&id) {
+                    Some(c) => c.do_send(OpenChat {
+                        caller: me,
+                        other: p.user,
+                        org: p.org,
+                        waiter,
+                    }),
+                    None => waiter.err(&KaiwaError::internal("chat actor unavailable")),
+                }
+            }
+            Op::GroupCreate(p) => {
+                let spec = GroupSpec {
+                    owner: me,
+                    name: p.name,
+                    kind: p.kind,
+                    org: p.org,
+                    parent: p.parent,
+                    members: Vec::new(),
+                };
+                self.engine
+                    .create_group(spec, Box::new(move |r| waiter.reply(&r)));
+            }
+            op => {
+                let Some(conv) = op.conv().map(str::to_string) else {
+                    return waiter.err(&KaiwaError::bad_frame("op needs `conv`"));
+                };
+                match self.conv_addr(&conv) {
+                    Some(a) => a.request(ConvRequest {
+                        from: me,
+                        op,
+                        waiter,
+                    }),
+                    None => waiter.err(&KaiwaError::not_found("no such conversation")),
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.engine.hub.register(self.conn.clone());
+        let every = self.engine.limits.ping_interval;
+        ctx.run_interval(every, |act, ctx| {
+            if act.last_seen.elapsed() > act.engine.limits.ping_timeout {
+                act.conn
+                    .outbox
+                    .close(CLOSE_PING_TIMEOUT, "no answer to pings");
+                ctx.stop();
+            } else {
+                act.conn.outbox.push_control(Outgoing::Ping);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.engine.hub.unregister(&self.conn);
+        self.conn.outbox.close(1000, "bye");
+    }
+}
+
+impl StreamHandler<Inbound> for Session {
+    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        match item {
+            Inbound::Text(b) => self.frame(Format::Json, b),
+            Inbound::Binary(b) => self.frame(Format::MsgPack, b),
+            Inbound::Ping(b) => {
+                self.last_seen = Instant::now();
+                self.conn.outbox.push_control(Outgoing::Pong(b));
+            }
+            Inbound::Pong => self.last_seen = Instant::now(),
+            Inbound::Close => ctx.stop(),
+            Inbound::TooLarge => {
+                let e = KaiwaError::too_large("frame exceeds the hard frame limit; closing");
+                self.err_unsolicited(self.conn.event_format(), &e);
+                self.conn.outbox.close(CLOSE_TOO_BIG, "frame too large");
+                ctx.stop();
+            }
+            Inbound::Broken(why) => {
+                tracing::debug!("connection {} broken: {why}", self.conn.id);
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

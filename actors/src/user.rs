@@ -1,0 +1,153 @@
+//! The user actor: a user's profile and state, the gate every connection passes, and the
+//! list of the user's conversations.
+
+use std::sync::Arc;
+
+use actix::{
+    Actor, ActorFutureExt, Context, ContextFutureSpawner, Handler, MessageResult, WrapFuture,
+};
+
+use crate::engine::Engine;
+use crate::outbox::CLOSE_USER_DISABLED;
+use crate::protocol::{ConvSummary, ConvsOk, Id, KResult, KaiwaError};
+use crate::reply::Waiter;
+use crate::rules;
+use crate::store::{StoreResult, UserRecord, UserState, Write};
+
+/// One user.
+pub struct UserActor {
+    engine: Arc<Engine>,
+    id: Id,
+    record: Option<UserRecord>,
+}
+
+impl UserActor {
+    /// The actor of user `id`; it loads the user when it starts.
+    pub fn new(engine: Arc<Engine>, id: Id) -> Self {
+        UserActor {
+            engine,
+            id,
+            record: None,
+        }
+    }
+}
+
+impl Actor for UserActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let store = self.engine.store.clone();
+        let id = self.id.clone();
+        async move { store.user(&id).await }
+            .into_actor(self)
+            .map(|res, act, _ctx| match res {
+                Ok(r) => act.record = r,
+                Err(e) => tracing::error!("user {} failed to load: {e}", act.id),
+            })
+            .wait(ctx);
+    }
+}
+
+/// A connection asks to attach: answered with the user's record, or why it may not connect.
+#[derive(actix::Message)]
+#[rtype(result = "KResult<UserRecord>")]
+pub struct Attach;
+
+impl Handler<Attach> for UserActor {
+    type Result = MessageResult<Attach>;
+
+    fn handle(&mut self, _: Attach, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match &self.record {
+            None => Err(KaiwaError::new(
+                crate::protocol::ErrorCode::Unauthorized,
+                "no such user",
+            )),
+            Some(r) => rules::user_state::can_connect(r.state).map(|_| r.clone()),
+        })
+    }
+}
+
+/// The user's record, if the user exists.
+#[derive(actix::Message)]
+#[rtype(result = "Option<UserRecord>")]
+pub struct GetUser;
+
+impl Handler<GetUser> for UserActor {
+    type Result = MessageResult<GetUser>;
+
+    fn handle(&mut self, _: GetUser, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.record.clone())
+    }
+}
+
+/// An admin changes the user's state; suspended and deleted users are disconnected at once.
+#[derive(actix::Message)]
+#[rtype(result = "KResult<UserRecord>")]
+pub struct SetState(pub UserState);
+
+impl Handler<SetState> for UserActor {
+    type Result = actix::ResponseActFuture<Self, KResult<UserRecord>>;
+
+    fn handle(&mut self, m: SetState, _: &mut Context<Self>) -> Self::Result {
+        let Some(mut rec) = self.record.clone() else {
+            return Box::pin(actix::fut::ready(Err(KaiwaError::not_found(
+                "no such user",
+            ))));
+        };
+        rec.state = m.0;
+        let store = self.engine.store.clone();
+        let write = rec.clone();
+        Box::pin(
+            async move { store.write(vec![Write::PutUser(write)]).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    res?;
+                    act.record = Some(rec.clone());
+                    if rules::user_state::can_connect(rec.state).is_err() {
+                        for c in act.engine.hub.conns_of(&act.id) {
+                            c.outbox
+                                .close(CLOSE_USER_DISABLED, "user is no longer active");
+                        }
+                    }
+                    Ok(rec)
+                }),
+        )
+    }
+}
+
+/// `convs`: every conversation of the user, with its last seq.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Convs(pub Waiter);
+
+async fn list_convs(engine: Arc<Engine>, user: Id) -> StoreResult<ConvsOk> {
+    let mut convs = Vec::new();
+    for id in engine.store.user_convs(&user).await? {
+        let Some(rec) = engine.store.conv(&id).await? else {
+            continue;
+        };
+        let last_seq = engine.store.last_seq(&id).await?;
+        convs.push(ConvSummary {
+            conv: rec.id,
+            kind: rec.kind,
+            name: rec.name,
+            org: rec.org,
+            last_seq,
+        });
+    }
+    Ok(ConvsOk { convs })
+}
+
+impl Handler<Convs> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, m: Convs, ctx: &mut Context<Self>) {
+        list_convs(self.engine.clone(), self.id.clone())
+            .into_actor(self)
+            .map(move |res, _act, _ctx| match res {
+                Ok(c) => m.0.ok(&c),
+                Err(e) => m.0.err(&e.into()),
+            })
+            .spawn(ctx);
+    }
+}
