@@ -2,4 +2,5 @@
 //! enforce, the wire protocol, and the store and bus seams. No HTTP in here.
 
 pub mod protocol;
+pub mod rules;
 pub mod store;
