@@ -2,6 +2,8 @@
 //! they cause (`action_response`, `action_results`). Every type encodes the same way in JSON and
 //! in MessagePack with named fields, as `PROTOCOL.md`, "v1 groups and actions", lays out.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 use super::frames::Id;
@@ -35,29 +37,38 @@ pub enum SurveyAnswer {
 /// Params of `action.respond`: the caller answers the action `msg_id` in `conv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionRespond {
+    /// The conversation the message is in.
     pub conv: Id,
+    /// The message (the action) in that conversation.
     pub msg_id: Id,
+    /// The caller's answer; its shape must fit the action.
     pub answer: Answer,
 }
 
 /// Params of `action.results`: the tally of the action `msg_id` as seen from `conv`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionResultsReq {
+    /// The conversation the message is in.
     pub conv: Id,
+    /// The message (the action) in that conversation.
     pub msg_id: Id,
 }
 
 /// Params of `like`: the caller likes (`on: true`) or unlikes the message `msg_id` in `conv`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LikeReq {
+    /// The conversation the message is in.
     pub conv: Id,
+    /// The message (the action) in that conversation.
     pub msg_id: Id,
+    /// `true` to like, `false` to take the like back.
     pub on: bool,
 }
 
 /// `ok` of `like`: how many users like the message after the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LikesOk {
+    /// Users who like the message.
     pub likes: u64,
 }
 
@@ -77,6 +88,7 @@ pub enum ActionResults {
 /// Results of a poll: how many users answered, and how many chose each option.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollResults {
+    /// Users who answered, each counted once.
     pub respondents: u64,
     /// One count per option, in option order.
     pub counts: Vec<u64>,
@@ -85,6 +97,7 @@ pub struct PollResults {
 /// Results of a survey: how many users answered, and one summary per question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SurveyResults {
+    /// Users who answered, each counted once.
     pub respondents: u64,
     /// One entry per question, in question order.
     pub questions: Vec<QuestionResults>,
@@ -95,15 +108,25 @@ pub struct SurveyResults {
 #[serde(untagged)]
 pub enum QuestionResults {
     /// A `choice` question: `{"counts": [n]}`, one count per option.
-    Choice { counts: Vec<u64> },
+    Choice {
+        /// Users who chose each option, in option order.
+        counts: Vec<u64>,
+    },
     /// A `text` question: `{"texts": [s]}`, ordered by user id so results are deterministic.
-    Text { texts: Vec<String> },
+    Text {
+        /// Every text answer.
+        texts: Vec<String>,
+    },
     /// A `number` question: `{"count", "min", "max", "mean"}`; the last three are `null` while
     /// nobody has answered.
     Number {
+        /// Users who answered the question.
         count: u64,
+        /// The smallest answer.
         min: Option<f64>,
+        /// The largest answer.
         max: Option<f64>,
+        /// The mean of the answers.
         mean: Option<f64>,
     },
 }
@@ -111,6 +134,7 @@ pub enum QuestionResults {
 /// Results of an announcement (or any liked message): likes and comments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnouncementResults {
+    /// Users who like the message.
     pub likes: u64,
     /// Comments in arrival order.
     pub comments: Vec<CommentView>,
@@ -119,15 +143,20 @@ pub struct AnnouncementResults {
 /// One comment on an announcement: `{"user", "text"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommentView {
+    /// Who wrote the comment.
     pub user: Id,
+    /// The comment.
     pub text: String,
 }
 
 /// Payload of the `action_response` event, sent to the action's creator when `user` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionResponseEvent {
+    /// The conversation the message is in.
     pub conv: Id,
+    /// The message (the action) in that conversation.
     pub msg_id: Id,
+    /// The user who answered.
     pub user: Id,
 }
 
@@ -135,8 +164,11 @@ pub struct ActionResponseEvent {
 /// the results after each change. The results' fields sit beside `conv` and `msg_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionResultsEvent {
+    /// The conversation the message is in.
     pub conv: Id,
+    /// The message (the action) in that conversation.
     pub msg_id: Id,
+    /// The results, flattened into the event.
     #[serde(flatten)]
     pub results: ActionResults,
 }
