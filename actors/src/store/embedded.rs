@@ -202,10 +202,10 @@ fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>
                         None => match last.get(log) {
                             Some(s) => *s,
                             None => {
-                                let range = messages
+                                let mut range = messages
                                     .range((log.as_str(), 0u64)..=(log.as_str(), u64::MAX))
                                     .map_err(backend)?;
-                                match range.rev().next() {
+                                match range.next_back() {
                                     Some(r) => r.map_err(backend)?.0.value().1,
                                     None => 0,
                                 }

@@ -31,19 +31,11 @@ pub struct UserRecord {
 }
 
 /// What an organisation allows in the chats and groups it owns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgPolicies {
     /// Members may forward, copy or share messages out of org conversations.
     #[serde(default)]
     pub allow_forward: bool,
-}
-
-impl Default for OrgPolicies {
-    fn default() -> Self {
-        OrgPolicies {
-            allow_forward: false,
-        }
-    }
 }
 
 /// An organisation: its email domains, admins and policies.
