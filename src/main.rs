@@ -1,1 +1,99 @@
-fn main() {}
+//! `kaiwa`: the Kaiwa server. `kaiwa serve` runs a node; `kaiwa token --user U` mints a
+//! development token.
+
+mod auth;
+mod config;
+mod http;
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use clap::{Parser, Subcommand};
+use kaiwa_actors::bus::local::LocalBus;
+use kaiwa_actors::engine::Engine;
+use kaiwa_actors::hub::Hub;
+use kaiwa_actors::store::embedded::EmbeddedStore;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::config::{ServeConfig, DEV_ADMIN_KEY, DEV_SECRET};
+
+/// Kaiwa, a realtime messaging engine for organisations.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Serve(ServeConfig),
+    /// Print a client token for a user (signed with the node's secret).
+    Token {
+        /// The user id (`sub` of the token).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        #[command(flatten)]
+        cfg: ServeConfig,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAIWA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Serve(cfg) => serve(cfg),
+        Cmd::Token { user, ttl_s, cfg } => {
+            let s = cfg.resolve()?;
+            println!("{}", auth::Auth::new(&s.token_secret).mint(&user, ttl_s)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    let s = cfg.resolve()?;
+    if s.token_secret == DEV_SECRET || s.admin_key == DEV_ADMIN_KEY {
+        tracing::warn!("running with the development token secret or admin key; set KAIWA_TOKEN_SECRET and KAIWA_ADMIN_KEY");
+    }
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ];
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
+        .install_recorder()?;
+    let process = metrics_process::Collector::default();
+    process.describe();
+
+    let store = EmbeddedStore::open(&s.data_dir)?;
+    actix_web::rt::System::new().block_on(async move {
+        let engine_arbiter = actix::Arbiter::new();
+        let hub = Arc::new(Hub::new());
+        let bus = Arc::new(LocalBus::new(hub.clone()));
+        let engine = Engine::new(store, bus, hub, s.limits.clone(), engine_arbiter.handle());
+        let state = web::Data::new(http::AppState {
+            engine,
+            auth: auth::Auth::new(&s.token_secret),
+            admin_key: s.admin_key.clone(),
+            prometheus,
+            process,
+        });
+        tracing::info!(host = %s.host, port = s.port, data_dir = %s.data_dir.display(), "kaiwa node listening");
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+            .workers(s.workers)
+            .backlog(4096)
+            .max_connections(1_000_000)
+            .bind((s.host.as_str(), s.port))?
+            .run()
+            .await
+    })?;
+    Ok(())
+}

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod org;
 pub mod outbox;
 pub mod protocol;
+pub mod provision;
 pub mod reply;
 pub mod rules;
 pub mod session;

@@ -1,0 +1,294 @@
+//! The admin API under `/api/v1`: provisioning of orgs, users, groups and tokens for operators
+//! and load tools. JSON in and out; `Authorization: Bearer <admin key>` on every call.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use kaiwa_actors::group::GroupSpec;
+use kaiwa_actors::protocol::{ErrorCode, GroupKind, Id, KResult, KaiwaError};
+use kaiwa_actors::provision::{self, NewOrg, NewUser};
+use kaiwa_actors::store::UserState;
+use kaiwa_actors::user::{GetUser, SetState};
+use kaiwa_actors::{org::GetOrg, rules};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{error_response, AppState};
+
+/// Most users or tokens one bulk call takes.
+pub const MAX_BULK: usize = 10_000;
+/// Default and longest token lifetime, in seconds.
+pub const DEFAULT_TTL_S: u64 = 24 * 3600;
+pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
+
+/// Mounts the admin routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(8 << 20)
+            .error_handler(|e, _| {
+                let resp = error_response(&KaiwaError::bad_frame(e.to_string()));
+                actix_web::error::InternalError::from_response(e, resp).into()
+            }),
+    )
+    .route("/orgs", web::post().to(create_org))
+    .route("/orgs/{id}", web::get().to(get_org))
+    .route("/users", web::post().to(create_user))
+    .route("/users/bulk", web::post().to(create_users_bulk))
+    .route("/users/{id}", web::get().to(get_user))
+    .route("/users/{id}/state", web::post().to(set_state))
+    .route("/tokens", web::post().to(create_token))
+    .route("/tokens/bulk", web::post().to(create_tokens_bulk))
+    .route("/groups", web::post().to(create_group));
+}
+
+fn check_key(req: &HttpRequest, st: &AppState) -> KResult<()> {
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    match given {
+        Some(k) if k.as_bytes() == st.admin_key.as_bytes() => Ok(()),
+        _ => Err(KaiwaError::new(
+            ErrorCode::Unauthorized,
+            "admin key required",
+        )),
+    }
+}
+
+fn respond<T: serde::Serialize>(
+    status: actix_web::http::StatusCode,
+    r: KResult<T>,
+) -> HttpResponse {
+    match r {
+        Ok(v) => HttpResponse::build(status).json(v),
+        Err(e) => error_response(&e),
+    }
+}
+
+const CREATED: actix_web::http::StatusCode = actix_web::http::StatusCode::CREATED;
+const OK: actix_web::http::StatusCode = actix_web::http::StatusCode::OK;
+
+async fn create_org(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<NewOrg>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        provision::create_org(&st.engine, body.into_inner()).await
+    };
+    respond(CREATED, r.await.map(|id| json!({ "id": id })))
+}
+
+async fn get_org(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let addr = st
+            .engine
+            .org(&id)
+            .ok_or_else(|| KaiwaError::not_found("no such org"))?;
+        let rec = addr
+            .send(GetOrg)
+            .await
+            .map_err(|_| KaiwaError::internal("org actor unavailable"))?;
+        rec.ok_or_else(|| KaiwaError::not_found("no such org"))
+    };
+    respond(OK, r.await)
+}
+
+async fn create_user(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<NewUser>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let ids = provision::create_users(&st.engine, vec![body.into_inner()]).await?;
+        Ok(json!({ "id": ids[0] }))
+    };
+    respond(CREATED, r.await)
+}
+
+/// Body of `POST /users/bulk`.
+#[derive(Deserialize)]
+struct BulkUsers {
+    users: Vec<NewUser>,
+}
+
+async fn create_users_bulk(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<BulkUsers>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let users = body.into_inner().users;
+        if users.len() > MAX_BULK {
+            return Err(KaiwaError::too_large(format!(
+                "at most {MAX_BULK} users per call"
+            )));
+        }
+        Ok(json!({ "ids": provision::create_users(&st.engine, users).await? }))
+    };
+    respond(CREATED, r.await)
+}
+
+async fn get_user(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let addr = st
+            .engine
+            .user(&id)
+            .ok_or_else(|| KaiwaError::not_found("no such user"))?;
+        let rec = addr
+            .send(GetUser)
+            .await
+            .map_err(|_| KaiwaError::internal("user actor unavailable"))?;
+        rec.ok_or_else(|| KaiwaError::not_found("no such user"))
+    };
+    respond(OK, r.await)
+}
+
+/// Body of `POST /users/{id}/state`.
+#[derive(Deserialize)]
+struct StateBody {
+    state: UserState,
+}
+
+async fn set_state(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<StateBody>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let addr = st
+            .engine
+            .user(&id)
+            .ok_or_else(|| KaiwaError::not_found("no such user"))?;
+        addr.send(SetState(body.state))
+            .await
+            .map_err(|_| KaiwaError::internal("user actor unavailable"))??;
+        Ok(json!({}))
+    };
+    respond(OK, r.await)
+}
+
+/// Body of `POST /tokens`.
+#[derive(Deserialize)]
+struct TokenBody {
+    user: Id,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+/// Mints a token for an existing user who may connect.
+async fn token_for(st: &AppState, user: &str, ttl_s: Option<u64>) -> KResult<String> {
+    let rec = st
+        .engine
+        .store
+        .user(user)
+        .await?
+        .ok_or_else(|| KaiwaError::not_found(format!("no such user {user}")))?;
+    rules::user_state::can_connect(rec.state)?;
+    let ttl = ttl_s.unwrap_or(DEFAULT_TTL_S).clamp(1, MAX_TTL_S);
+    st.auth
+        .mint(user, ttl)
+        .map_err(|e| KaiwaError::internal(e.to_string()))
+}
+
+async fn create_token(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<TokenBody>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        Ok(json!({ "token": token_for(&st, &body.user, body.ttl_s).await? }))
+    };
+    respond(CREATED, r.await)
+}
+
+/// Body of `POST /tokens/bulk`.
+#[derive(Deserialize)]
+struct BulkTokens {
+    users: Vec<Id>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+async fn create_tokens_bulk(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<BulkTokens>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        if body.users.len() > MAX_BULK {
+            return Err(KaiwaError::too_large(format!(
+                "at most {MAX_BULK} tokens per call"
+            )));
+        }
+        let mut tokens = Vec::with_capacity(body.users.len());
+        for u in &body.users {
+            tokens.push(token_for(&st, u, body.ttl_s).await?);
+        }
+        Ok(json!({ "tokens": tokens }))
+    };
+    respond(CREATED, r.await)
+}
+
+/// Body of `POST /groups`: a group created on an owner's behalf, with its first members.
+#[derive(Deserialize)]
+struct GroupBody {
+    owner: Id,
+    name: String,
+    kind: GroupKind,
+    #[serde(default)]
+    org: Option<Id>,
+    #[serde(default)]
+    parent: Option<Id>,
+    #[serde(default)]
+    members: Vec<Id>,
+}
+
+async fn create_group(
+    req: HttpRequest,
+    st: web::Data<AppState>,
+    body: web::Json<GroupBody>,
+) -> HttpResponse {
+    let r = async {
+        check_key(&req, &st)?;
+        let b = body.into_inner();
+        if b.members.len() > MAX_BULK {
+            return Err(KaiwaError::too_large(format!(
+                "at most {MAX_BULK} members per call"
+            )));
+        }
+        let spec = GroupSpec {
+            owner: b.owner,
+            name: b.name,
+            kind: b.kind,
+            org: b.org,
+            parent: b.parent,
+            members: b.members,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.engine.create_group(
+            spec,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let ok = rx
+            .await
+            .map_err(|_| KaiwaError::internal("group actor unavailable"))??;
+        Ok(json!({ "conv": ok.conv }))
+    };
+    respond(CREATED, r.await)
+}
