@@ -1,1 +1,8 @@
+//! Kaiwa's load-test toolkit: a small WebSocket + admin client (used by the server's integration
+//! tests too) and the load scenarios that the `kaiwa-loadtest` binary runs against a local cluster.
 
+pub mod admin;
+pub mod client;
+
+pub use admin::Admin;
+pub use client::{Client, ConnectError, ErrorBody, Incoming, WireFormat};
