@@ -1,0 +1,410 @@
+//! A small async WebSocket client for Kaiwa, written against the wire contract.
+//!
+//! Why it exists: the server's integration tests and every load scenario need the same thing — a
+//! connection that can pipeline requests from several tasks, match replies by `re`, and hand pushed
+//! events over in arrival order. One background reader task per connection does the routing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub use crate::admin::Admin;
+
+/// How long [`Client::request`] waits for its reply: long enough for a loaded server, short enough
+/// that a lost reply fails a test instead of hanging it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The encoding a client speaks; Kaiwa answers each frame in the encoding it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireFormat {
+    /// JSON in text frames.
+    #[default]
+    Json,
+    /// MessagePack (named maps) in binary frames.
+    MsgPack,
+}
+
+impl WireFormat {
+    /// Encodes one frame in this format, so callers never pick the frame type by hand.
+    pub fn encode(self, value: &Value) -> anyhow::Result<Message> {
+        Ok(match self {
+            WireFormat::Json => Message::text(serde_json::to_string(value)?),
+            WireFormat::MsgPack => Message::binary(rmp_serde::to_vec_named(value)?),
+        })
+    }
+}
+
+/// The `err` object of a reply: what a request failed with, by protocol error code.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// One of the documented error codes (`bad_frame`, `forbidden`, ...).
+    pub code: String,
+    /// Human-readable detail; not part of the contract.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// Something the server sent that is not the reply to one of our requests.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A pushed event, `{"ev": ..}`.
+    Event(Value),
+    /// A reply that answers no request (`{"re": null, "err": ..}`), e.g. to an unparsable frame.
+    Unsolicited(Value),
+    /// The connection ended; with the close code and reason when the server sent a close frame.
+    Closed(Option<(u16, String)>),
+}
+
+/// Why a WebSocket connection could not be opened; keeps the HTTP status of a refused upgrade so that
+/// tests can tell 401 (bad token) from 403 (suspended user).
+#[derive(Debug)]
+pub struct ConnectError {
+    status: Option<u16>,
+    source: anyhow::Error,
+}
+
+impl ConnectError {
+    /// The HTTP status of the refused upgrade, if the server answered with one.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    fn other(e: impl Into<anyhow::Error>) -> Self {
+        ConnectError {
+            status: None,
+            source: e.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(
+                f,
+                "websocket upgrade refused with HTTP {s}: {}",
+                self.source
+            ),
+            None => write!(f, "websocket connect failed: {:#}", self.source),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+type Ws = WebSocketStream<TcpStream>;
+type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// One WebSocket connection to Kaiwa. Requests take `&self`, so one client may be shared (in an
+/// `Arc`) by several tasks that pipeline requests while another task reads events.
+pub struct Client {
+    sink: Mutex<SplitSink<Ws, Message>>,
+    pending: Pending,
+    incoming: Mutex<mpsc::UnboundedReceiver<Incoming>>,
+    next_id: AtomicU64,
+    format: WireFormat,
+    paused: watch::Sender<bool>,
+    reader: JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects as the token's user to `{ws_base}/ws?token=..` (adding `&format=msgpack` for
+    /// MessagePack, so that pushed events come in the same encoding as replies).
+    pub async fn connect(ws_base: &str, token: &str, format: WireFormat) -> anyhow::Result<Client> {
+        Ok(Self::connect_url(&ws_url(ws_base, token, format), format).await?)
+    }
+
+    /// Connects to a full WebSocket URL; a refused upgrade reports its HTTP status.
+    pub async fn connect_url(url: &str, format: WireFormat) -> Result<Client, ConnectError> {
+        Self::connect_url_from(url, format, None).await
+    }
+
+    /// Like [`Client::connect_url`], but from a chosen local source address (e.g. 127.0.0.7), so that
+    /// tens of thousands of sockets do not exhaust one address's ephemeral ports.
+    pub async fn connect_url_from(
+        url: &str,
+        format: WireFormat,
+        source: Option<IpAddr>,
+    ) -> Result<Client, ConnectError> {
+        let addr = socket_addr_of(url).map_err(ConnectError::other)?;
+        let tcp = match source {
+            None => TcpStream::connect(addr)
+                .await
+                .map_err(ConnectError::other)?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .map_err(ConnectError::other)?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .map_err(ConnectError::other)?;
+                socket.connect(addr).await.map_err(ConnectError::other)?
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (ws, _resp) = match tokio_tungstenite::client_async(url, tcp).await {
+            Ok(ok) => ok,
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(ConnectError {
+                    status: Some(status),
+                    source: anyhow!("{body}"),
+                });
+            }
+            Err(e) => return Err(ConnectError::other(e)),
+        };
+        Ok(Self::from_stream(ws, format))
+    }
+
+    fn from_stream(ws: Ws, format: WireFormat) -> Client {
+        let (sink, stream) = ws.split();
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (paused, paused_rx) = watch::channel(false);
+        let reader = tokio::spawn(read_loop(stream, pending.clone(), tx, paused_rx));
+        Client {
+            sink: Mutex::new(sink),
+            pending,
+            incoming: Mutex::new(rx),
+            next_id: AtomicU64::new(1),
+            format,
+            paused,
+            reader,
+        }
+    }
+
+    /// The encoding this client sends its requests in.
+    pub fn format(&self) -> WireFormat {
+        self.format
+    }
+
+    /// Sends `{"id", "op", ...params}` and waits (at most [`REQUEST_TIMEOUT`]) for the reply with that
+    /// `re`. The outer error is a transport failure or timeout; the inner one is the server's `err`.
+    pub async fn request(
+        &self,
+        op: &str,
+        params: Value,
+    ) -> anyhow::Result<Result<Value, ErrorBody>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Map::new();
+        frame.insert("id".into(), Value::from(id));
+        frame.insert("op".into(), Value::from(op));
+        match params {
+            Value::Object(map) => frame.extend(map),
+            Value::Null => {}
+            other => bail!("request params must be a JSON object, got {other}"),
+        }
+        let msg = self.format.encode(&Value::Object(frame))?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        if let Err(e) = self.send_message(msg).await {
+            self.pending.lock().unwrap().remove(&id);
+            return Err(e);
+        }
+        let reply = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => bail!("connection closed before the reply to {op} (id {id})"),
+            Err(_) => {
+                self.pending.lock().unwrap().remove(&id);
+                bail!("no reply to {op} (id {id}) within {REQUEST_TIMEOUT:?}");
+            }
+        };
+        split_reply(reply)
+    }
+
+    /// Sends a raw text frame, e.g. malformed JSON for bad-input tests.
+    pub async fn send_text_frame(&self, text: &str) -> anyhow::Result<()> {
+        self.send_message(Message::text(text)).await
+    }
+
+    /// Sends a raw binary frame, e.g. broken MessagePack for bad-input tests.
+    pub async fn send_binary_frame(&self, data: Vec<u8>) -> anyhow::Result<()> {
+        self.send_message(Message::binary(data)).await
+    }
+
+    async fn send_message(&self, msg: Message) -> anyhow::Result<()> {
+        self.sink
+            .lock()
+            .await
+            .send(msg)
+            .await
+            .context("websocket send failed")
+    }
+
+    /// The next event, unsolicited reply or close, in arrival order; `None` on timeout or once the
+    /// connection is gone and everything it delivered has been read.
+    pub async fn next(&self, timeout: Duration) -> Option<Incoming> {
+        let mut rx = self.incoming.lock().await;
+        tokio::time::timeout(timeout, rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Skips incoming items until an event named `ev` arrives; `None` if none does in `timeout`.
+    pub async fn next_event(&self, ev: &str, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await? {
+                Incoming::Event(v) if v.get("ev").and_then(Value::as_str) == Some(ev) => {
+                    return Some(v)
+                }
+                Incoming::Closed(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops reading from the socket, so the server's outbound queue for this session fills up
+    /// (slow-consumer tests). Pings go unanswered too while paused.
+    pub fn pause_reading(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Starts reading from the socket again after [`Client::pause_reading`].
+    pub fn resume_reading(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// Closes the connection politely (close frame, then a short wait for the server's answer).
+    pub async fn close(self) {
+        let _ = self.sink.lock().await.send(Message::Close(None)).await;
+        self.paused.send_replace(false);
+        let mut rx = self.incoming.lock().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(item) = rx.recv().await {
+                if matches!(item, Incoming::Closed(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Builds `{ws_base}/ws?token=..[&format=msgpack]`.
+pub fn ws_url(ws_base: &str, token: &str, format: WireFormat) -> String {
+    let mut url = format!("{}/ws?token={token}", ws_base.trim_end_matches('/'));
+    if format == WireFormat::MsgPack {
+        url.push_str("&format=msgpack");
+    }
+    url
+}
+
+/// Decodes one data frame: text is JSON, binary is MessagePack.
+pub fn decode_frame(msg: &Message) -> Option<anyhow::Result<Value>> {
+    match msg {
+        Message::Text(t) => Some(serde_json::from_str(t.as_str()).map_err(Into::into)),
+        Message::Binary(b) => Some(rmp_serde::from_slice(b).map_err(Into::into)),
+        _ => None,
+    }
+}
+
+/// Turns a reply frame into `Ok(ok)` or `Err(err)`.
+fn split_reply(mut reply: Value) -> anyhow::Result<Result<Value, ErrorBody>> {
+    if let Some(ok) = reply.get_mut("ok") {
+        return Ok(Ok(ok.take()));
+    }
+    if let Some(err) = reply.get_mut("err") {
+        let body: ErrorBody =
+            serde_json::from_value(err.take()).context("reply has a malformed err object")?;
+        return Ok(Err(body));
+    }
+    bail!("reply has neither ok nor err: {reply}")
+}
+
+fn socket_addr_of(url: &str) -> anyhow::Result<SocketAddr> {
+    let uri: Uri = url.parse().with_context(|| format!("bad url {url}"))?;
+    let host = uri.host().context("url has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse()
+            .with_context(|| format!("host {host} is not an IP address"))?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+async fn read_loop(
+    mut stream: SplitStream<Ws>,
+    pending: Pending,
+    events: mpsc::UnboundedSender<Incoming>,
+    mut paused: watch::Receiver<bool>,
+) {
+    let close = loop {
+        if *paused.borrow() && paused.wait_for(|p| !*p).await.is_err() {
+            break None;
+        }
+        let next = tokio::select! {
+            next = stream.next() => next,
+            // A pause takes effect at once, not after the next frame.
+            _ = paused.changed() => continue,
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(_)) | None => break None,
+        };
+        if let Message::Close(frame) = &msg {
+            break frame
+                .as_ref()
+                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+        }
+        let value = match decode_frame(&msg) {
+            Some(Ok(v)) => v,
+            // Undecodable frames and control frames are not part of the contract: skip them.
+            _ => continue,
+        };
+        if let Some(id) = value.get("re").and_then(Value::as_u64) {
+            if let Some(tx) = pending.lock().unwrap().remove(&id) {
+                let _ = tx.send(value);
+            }
+            continue;
+        }
+        let item = if value.get("ev").is_some() {
+            Incoming::Event(value)
+        } else {
+            Incoming::Unsolicited(value)
+        };
+        let _ = events.send(item);
+    };
+    pending.lock().unwrap().clear();
+    let _ = events.send(Incoming::Closed(close));
+}

@@ -1,0 +1,374 @@
+//! Receiving side of a run: connections that read `message` events, measure send→deliver latency,
+//! remember which seqs arrived, and at the end sync whatever acked message they missed live.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{Client, Incoming};
+use crate::clock;
+use crate::live::Live;
+use crate::net::{connect_all, ConnectStats, Pacing, Target};
+use crate::stats::{Errors, Latency, SeqSet};
+
+/// One receiving connection: whose token, and which conversations it must see all of.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverSpec {
+    pub token: String,
+    pub convs: Vec<String>,
+}
+
+/// Everything a process needs to hold a set of receivers (serializable: workers get it as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiverJob {
+    pub target: Target,
+    /// Global index of the first receiver (picks node and source address).
+    pub first_index: usize,
+    pub pacing: Pacing,
+    pub members: Vec<ReceiverSpec>,
+    /// Hard bound on the connection phase, seconds.
+    pub connect_timeout_s: f64,
+}
+
+/// Loss accounting: acked messages each receiver should have seen, and what became of them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Loss {
+    /// (receiver, acked message) pairs that were expected.
+    pub expected: u64,
+    /// Pairs not delivered live.
+    pub missed_live: u64,
+    /// Of those, pairs that `sync` returned.
+    pub recovered_by_sync: u64,
+    /// Pairs neither delivered live nor synced: must be 0.
+    pub lost: u64,
+    /// The distinct lost seqs per conv (at most 1000 listed per conv).
+    pub lost_seqs: BTreeMap<String, Vec<u64>>,
+    /// Receivers whose sync failed (their missing messages count as lost).
+    pub sync_failures: u64,
+}
+
+impl Loss {
+    /// Adds another receiver set's loss numbers.
+    pub fn merge(&mut self, o: &Loss) {
+        self.expected += o.expected;
+        self.missed_live += o.missed_live;
+        self.recovered_by_sync += o.recovered_by_sync;
+        self.lost += o.lost;
+        self.sync_failures += o.sync_failures;
+        for (conv, seqs) in &o.lost_seqs {
+            let mine = self.lost_seqs.entry(conv.clone()).or_default();
+            mine.extend(seqs);
+            mine.sort_unstable();
+            mine.dedup();
+            mine.truncate(1000);
+        }
+    }
+}
+
+/// What a set of receivers measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReceiverResult {
+    pub connect: ConnectStats,
+    pub deliveries: u64,
+    pub duplicates: u64,
+    pub latency: Latency,
+    /// Connections the server closed during the run, by close code.
+    pub closed_by_server: Errors,
+    /// Receivers that got a message carrying `origin` (a tree action), and the last arrival time
+    /// (ns on the tool's clock).
+    pub origin_received: u64,
+    pub origin_last_ns: u64,
+    pub loss: Loss,
+}
+
+impl ReceiverResult {
+    /// Adds another set's (another worker's) result.
+    pub fn merge(&mut self, o: &ReceiverResult) {
+        self.connect.merge(&o.connect);
+        self.deliveries += o.deliveries;
+        self.duplicates += o.duplicates;
+        self.latency.merge(&o.latency);
+        crate::stats::merge_errors(&mut self.closed_by_server, &o.closed_by_server);
+        self.origin_received += o.origin_received;
+        self.origin_last_ns = self.origin_last_ns.max(o.origin_last_ns);
+        self.loss.merge(&o.loss);
+    }
+}
+
+/// What one connection saw.
+#[derive(Default)]
+struct Seen {
+    per_conv: HashMap<String, SeqSet>,
+    deliveries: u64,
+    duplicates: u64,
+    closed: Option<String>,
+    origin_ns: Option<u64>,
+}
+
+/// Latency histograms are big (~170 KiB); connections share a few shards instead of one each.
+const SHARDS: usize = 16;
+
+/// Receivers held by this process.
+pub struct LocalReceivers {
+    clients: Vec<Option<Arc<Client>>>,
+    specs: Vec<ReceiverSpec>,
+    tasks: Vec<Option<JoinHandle<Seen>>>,
+    stop: watch::Sender<bool>,
+    connect: ConnectStats,
+    latency: Arc<Vec<Mutex<Latency>>>,
+}
+
+impl LocalReceivers {
+    /// Connects every member (paced) and starts reading; counts into `live`.
+    pub async fn start(job: &ReceiverJob, live: Arc<Live>) -> LocalReceivers {
+        let tokens: Vec<String> = job.members.iter().map(|m| m.token.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs_f64(job.connect_timeout_s);
+        let live2 = live.clone();
+        let (clients, connect) = connect_all(
+            &job.target,
+            &tokens,
+            job.first_index,
+            job.pacing,
+            deadline,
+            &move || Live::bump(&live2.connects),
+        )
+        .await;
+        let (stop, stop_rx) = watch::channel(false);
+        let latency: Arc<Vec<Mutex<Latency>>> =
+            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
+        let tasks = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.as_ref().map(|c| {
+                    tokio::spawn(receive(
+                        c.clone(),
+                        live.clone(),
+                        latency.clone(),
+                        i % SHARDS,
+                        stop_rx.clone(),
+                    ))
+                })
+            })
+            .collect();
+        LocalReceivers {
+            clients,
+            specs: job.members.clone(),
+            tasks,
+            stop,
+            connect,
+            latency,
+        }
+    }
+
+    /// The connections (None where connecting failed), e.g. for scenarios that also send on them.
+    pub fn clients(&self) -> &[Option<Arc<Client>>] {
+        &self.clients
+    }
+
+    /// How the connection phase went.
+    pub fn connect_stats(&self) -> &ConnectStats {
+        &self.connect
+    }
+
+    /// Stops reading, syncs what each receiver missed of `acked` (conv → acked seqs) and returns
+    /// the measurements. Closes the connections.
+    pub async fn finish(self, acked: &HashMap<String, Vec<u64>>) -> ReceiverResult {
+        let _ = self.stop.send(true);
+        let mut result = ReceiverResult {
+            connect: self.connect,
+            ..Default::default()
+        };
+        let mut work = Vec::new();
+        for ((client, spec), task) in self.clients.into_iter().zip(self.specs).zip(self.tasks) {
+            let seen = match task {
+                Some(t) => t.await.unwrap_or_default(),
+                None => Seen::default(),
+            };
+            work.push((client, spec, seen));
+        }
+        let checked: Vec<(Seen, Loss)> = futures_util::stream::iter(work)
+            .map(|(client, spec, mut seen)| async move {
+                let loss = check(client.as_deref(), &spec, &mut seen, acked).await;
+                if let Some(c) = client {
+                    if let Ok(c) = Arc::try_unwrap(c) {
+                        c.close().await;
+                    }
+                }
+                (seen, loss)
+            })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        for (seen, loss) in checked {
+            result.deliveries += seen.deliveries;
+            result.duplicates += seen.duplicates;
+            if let Some(code) = seen.closed {
+                *result.closed_by_server.entry(code).or_default() += 1;
+            }
+            if let Some(t) = seen.origin_ns {
+                result.origin_received += 1;
+                result.origin_last_ns = result.origin_last_ns.max(t);
+            }
+            result.loss.merge(&loss);
+        }
+        for shard in self.latency.iter() {
+            result.latency.merge(&shard.lock().unwrap());
+        }
+        result
+    }
+}
+
+/// The send time stamped in a message body (`text`, or an announcement's `text`).
+pub fn body_stamp(body: &Value) -> Option<u64> {
+    let text = body
+        .get("text")
+        .or_else(|| body.get("announcement").and_then(|a| a.get("text")))?
+        .as_str()?;
+    clock::parse_stamp(text)
+}
+
+async fn receive(
+    client: Arc<Client>,
+    live: Arc<Live>,
+    latency: Arc<Vec<Mutex<Latency>>>,
+    shard: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Seen {
+    let mut seen = Seen::default();
+    loop {
+        let item = tokio::select! {
+            item = client.next(Duration::from_secs(3600)) => item,
+            _ = stop.changed() => break,
+        };
+        let ev = match item {
+            Some(Incoming::Event(ev)) => ev,
+            Some(Incoming::Closed(close)) => {
+                let code = close.map(|(c, _)| c.to_string()).unwrap_or("none".into());
+                seen.closed = Some(code);
+                Live::bump(&live.disconnects);
+                break;
+            }
+            Some(Incoming::Unsolicited(_)) => continue,
+            None => break,
+        };
+        if ev.get("ev").and_then(Value::as_str) != Some("message") {
+            continue;
+        }
+        let now = clock::now_ns();
+        let (Some(conv), Some(seq)) = (
+            ev.get("conv").and_then(Value::as_str),
+            ev.get("seq").and_then(Value::as_u64),
+        ) else {
+            continue;
+        };
+        let fresh = seen
+            .per_conv
+            .entry(conv.to_owned())
+            .or_default()
+            .insert(seq);
+        if !fresh {
+            seen.duplicates += 1;
+            continue;
+        }
+        seen.deliveries += 1;
+        Live::bump(&live.deliveries);
+        if let Some(sent) = ev.get("body").and_then(body_stamp) {
+            latency[shard]
+                .lock()
+                .unwrap()
+                .record_ns(now.saturating_sub(sent));
+        }
+        if ev.get("origin").is_some_and(|o| !o.is_null()) && seen.origin_ns.is_none() {
+            seen.origin_ns = Some(now);
+        }
+    }
+    seen
+}
+
+/// Compares what `spec`'s receiver saw with `acked`, syncing from its first gap.
+async fn check(
+    client: Option<&Client>,
+    spec: &ReceiverSpec,
+    seen: &mut Seen,
+    acked: &HashMap<String, Vec<u64>>,
+) -> Loss {
+    let mut loss = Loss::default();
+    for conv in &spec.convs {
+        let Some(acked) = acked.get(conv) else {
+            continue;
+        };
+        let set = seen.per_conv.entry(conv.clone()).or_default();
+        loss.expected += acked.len() as u64;
+        let missing: Vec<u64> = acked
+            .iter()
+            .copied()
+            .filter(|s| !set.contains(*s))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let n_missing = missing.len() as u64;
+        loss.missed_live += n_missing;
+        let synced = match client {
+            Some(c) => sync_range(c, conv, missing[0] - 1, *missing.last().unwrap(), set).await,
+            None => Err(anyhow::anyhow!("not connected")),
+        };
+        if synced.is_err() {
+            loss.sync_failures += 1;
+        }
+        let lost: Vec<u64> = missing.into_iter().filter(|s| !set.contains(*s)).collect();
+        loss.recovered_by_sync += n_missing - lost.len() as u64;
+        loss.lost += lost.len() as u64;
+        if !lost.is_empty() {
+            let mut listed = lost;
+            listed.truncate(1000);
+            loss.lost_seqs.insert(conv.clone(), listed);
+        }
+    }
+    loss
+}
+
+/// Pages `sync {conv, after, limit}` until `more` is false or `until` is passed, marking every
+/// returned seq in `set`.
+pub async fn sync_range(
+    client: &Client,
+    conv: &str,
+    mut after: u64,
+    until: u64,
+    set: &mut SeqSet,
+) -> anyhow::Result<()> {
+    loop {
+        let reply = client
+            .request("sync", json!({"conv": conv, "after": after, "limit": 1000}))
+            .await?
+            .map_err(|e| anyhow::anyhow!("sync failed: {e}"))?;
+        let messages = reply
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for m in &messages {
+            if let Some(seq) = m.get("seq").and_then(Value::as_u64) {
+                set.insert(seq);
+                after = after.max(seq);
+            }
+        }
+        let more = reply.get("more").and_then(Value::as_bool).unwrap_or(false);
+        if !more || messages.is_empty() || after >= until {
+            return Ok(());
+        }
+    }
+}
+
+/// Convenience for scenarios: the deliveries counter as a plain number.
+pub fn deliveries(live: &Live) -> u64 {
+    live.deliveries.load(Relaxed)
+}
