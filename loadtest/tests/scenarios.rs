@@ -71,6 +71,13 @@ async fn latency_histogram_sees_the_delivery_delay() {
         p.p50_ms
     );
     assert!(p.max_ms >= 20.0);
+
+    let svg = std::env::temp_dir().join(format!("kaiwa-lt-chart-{}.svg", std::process::id()));
+    kaiwa_loadtest::chart::draw(&report, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(text.contains("<svg") && text.contains("polyline"));
+    assert!(report.summary().contains("p99.9"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,4 +100,26 @@ async fn chat_pairs_count_acks_and_deliveries() {
     assert!(report.ack_latency.count == report.acked);
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["scenario"], "chat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_spread_over_worker_processes() {
+    let base = common::start(common::FakeConfig {
+        drop_seqs: HashSet::from([2]),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let mut ctx = ctx(&base, WireFormat::Json, 0.5);
+    ctx.per_process = 2;
+    ctx.worker_exe = Some(env!("CARGO_BIN_EXE_kaiwa-loadtest").into());
+    let plan = fanout::plan_for("g3".into(), &tokens("x", 6), 1);
+    let opts = fanout::FanoutOpts {
+        rate: Some(40.0),
+        window: 4,
+    };
+    let report = fanout::run(&ctx, &plan, &opts).await.unwrap();
+    assert_eq!(report.connect.ok, 5, "3 workers hold 2 + 2 + 1 receivers");
+    assert_eq!(report.loss.lost, 5);
+    assert_eq!(report.deliveries, (report.acked - 1) * 5);
+    assert!(report.delivery_latency.count > 0);
 }

@@ -74,7 +74,13 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
         members: fan.receivers.clone(),
         connect_timeout_s: 300.0,
     };
-    let pool = Pool::start(job, ctx.per_process, live.clone()).await?;
+    let pool = Pool::start(
+        job,
+        ctx.per_process,
+        live.clone(),
+        ctx.worker_exe.as_deref(),
+    )
+    .await?;
     let publisher = Arc::new(ctx.target.connect(0, &fan.publishers[0]).await?);
     let drainer = drain(publisher.clone());
     let sampler = Sampler::start(live.clone(), "churn", ctx.progress);

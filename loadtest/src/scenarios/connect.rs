@@ -48,7 +48,13 @@ pub async fn run(ctx: &Ctx, admin: Option<&Admin>, tokens: &[String]) -> anyhow:
             .collect(),
         connect_timeout_s: 300.0,
     };
-    let pool = Pool::start(job, ctx.per_process, live.clone()).await?;
+    let pool = Pool::start(
+        job,
+        ctx.per_process,
+        live.clone(),
+        ctx.worker_exe.as_deref(),
+    )
+    .await?;
     let started = Instant::now();
     tokio::time::sleep(ctx.duration).await;
     let rss_after = server_rss(admin).await;

@@ -81,7 +81,13 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         members: plan.receivers.clone(),
         connect_timeout_s: 300.0,
     };
-    let pool = Pool::start(job, ctx.per_process, live.clone()).await?;
+    let pool = Pool::start(
+        job,
+        ctx.per_process,
+        live.clone(),
+        ctx.worker_exe.as_deref(),
+    )
+    .await?;
     let mut pubs = Vec::new();
     for (i, t) in plan.publishers.iter().enumerate() {
         let c = ctx

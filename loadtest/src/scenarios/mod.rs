@@ -26,6 +26,9 @@ pub struct Ctx {
     /// Receivers per process before worker processes take over.
     pub per_process: usize,
     pub pacing: Pacing,
+    /// The binary that worker processes run (None: this executable, which is the binary itself;
+    /// tests point it at the built `kaiwa-loadtest`).
+    pub worker_exe: Option<std::path::PathBuf>,
     /// Unique per run: names users and makes `client_msg_id`s unique.
     pub run_id: String,
 }
@@ -40,6 +43,7 @@ impl Ctx {
             progress: false,
             per_process: crate::pool::DEFAULT_PER_PROCESS,
             pacing: Pacing::default(),
+            worker_exe: None,
             run_id: format!("{}", crate::clock::epoch_unix_ns() / 1_000_000),
         }
     }

@@ -115,7 +115,13 @@ pub async fn run(ctx: &Ctx, plan: &TreePlan) -> anyhow::Result<Report> {
         members: plan.members.clone(),
         connect_timeout_s: 300.0,
     };
-    let pool = Pool::start(job, ctx.per_process, live.clone()).await?;
+    let pool = Pool::start(
+        job,
+        ctx.per_process,
+        live.clone(),
+        ctx.worker_exe.as_deref(),
+    )
+    .await?;
     let owner = Arc::new(ctx.target.connect(0, &plan.owner_token).await?);
     let drainer = drain(owner.clone());
     let sampler = Sampler::start(live.clone(), "tree", ctx.progress);
