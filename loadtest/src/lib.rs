@@ -15,4 +15,5 @@ pub mod stats;
 pub use admin::Admin;
 pub use client::{Client, ConnectError, ErrorBody, Incoming, WireFormat};
 pub mod pool;
+pub mod scenarios;
 pub mod workers;

@@ -2,6 +2,7 @@
 //! processes; the scenarios see one interface.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::live::Live;
@@ -23,11 +24,12 @@ pub enum Pool {
 
 impl Pool {
     /// Connects the job's receivers here, or over `ceil(n / per_process)` workers when there are
-    /// more than `per_process`.
+    /// more than `per_process`. Workers run `worker_exe` (default: this executable).
     pub async fn start(
         job: ReceiverJob,
         per_process: usize,
         live: Arc<Live>,
+        worker_exe: Option<&Path>,
     ) -> anyhow::Result<Pool> {
         if job.members.len() <= per_process.max(1) {
             Ok(Pool::Local(Box::new(
@@ -35,7 +37,7 @@ impl Pool {
             )))
         } else {
             Ok(Pool::Workers(
-                RemoteReceivers::start(job, per_process.max(1), live).await?,
+                RemoteReceivers::start(job, per_process.max(1), live, worker_exe).await?,
             ))
         }
     }

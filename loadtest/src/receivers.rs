@@ -173,6 +173,12 @@ impl LocalReceivers {
         &self.clients
     }
 
+    /// Tells receiver `i` which convs it must see all of, once they are known (e.g. after
+    /// `chat.open` on its own connection).
+    pub fn set_convs(&mut self, i: usize, convs: Vec<String>) {
+        self.specs[i].convs = convs;
+    }
+
     /// How the connection phase went.
     pub fn connect_stats(&self) -> &ConnectStats {
         &self.connect

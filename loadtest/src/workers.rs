@@ -3,6 +3,7 @@
 //! stdin gets the job, then the acked seqs; stdout answers `progress`, `ready` and `result`.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -65,8 +66,12 @@ impl RemoteReceivers {
         job: ReceiverJob,
         per_process: usize,
         live: Arc<Live>,
+        worker_exe: Option<&Path>,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find own executable")?;
+        let exe = match worker_exe {
+            Some(p) => p.to_path_buf(),
+            None => std::env::current_exe().context("cannot find own executable")?,
+        };
         let mut workers = Vec::new();
         for (i, slice) in job.members.chunks(per_process).enumerate() {
             let sub = ReceiverJob {

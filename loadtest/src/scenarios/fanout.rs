@@ -1,0 +1,156 @@
+//! `fanout`: one flat group of N connected members, P publishers; measures deliveries/s,
+//! send→deliver latency and loss.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::{create_users, Ctx};
+use crate::admin::Admin;
+use crate::live::{wait_deliveries, Live, Sampler};
+use crate::pool::Pool;
+use crate::publisher::{drain, publish, BodyKind, PublishPlan, PublishResult};
+use crate::receivers::{ReceiverJob, ReceiverSpec};
+use crate::report::Report;
+
+/// Fan-out knobs.
+#[derive(Clone, Debug)]
+pub struct FanoutOpts {
+    /// Total messages per second over all publishers; None = max rate within the window.
+    pub rate: Option<f64>,
+    /// Un-acked sends per publisher.
+    pub window: usize,
+}
+
+/// Who takes part: the group's conv, the publishers' tokens and the receivers.
+#[derive(Clone, Debug)]
+pub struct FanoutPlan {
+    pub conv: String,
+    pub publishers: Vec<String>,
+    pub receivers: Vec<ReceiverSpec>,
+}
+
+/// Creates `members` users (the first `publishers` of them publish) and one flat group of them all.
+pub async fn setup(
+    ctx: &Ctx,
+    admin: &Admin,
+    members: usize,
+    publishers: usize,
+) -> anyhow::Result<FanoutPlan> {
+    let publishers = publishers.clamp(1, members.max(1));
+    let users = create_users(admin, &ctx.run_id, "fanout", members.max(publishers + 1)).await?;
+    let conv = admin
+        .create_group(
+            &users.ids[0],
+            &format!("kaiwa-lt-{}-fanout", ctx.run_id),
+            "flat",
+            None,
+            &users.ids[1..],
+        )
+        .await
+        .context("creating the fan-out group")?;
+    Ok(plan_for(conv, &users.tokens, publishers))
+}
+
+/// Splits a member list into publishers (the first `publishers`) and receivers (the rest).
+pub fn plan_for(conv: String, tokens: &[String], publishers: usize) -> FanoutPlan {
+    FanoutPlan {
+        receivers: tokens[publishers..]
+            .iter()
+            .map(|t| ReceiverSpec {
+                token: t.clone(),
+                convs: vec![conv.clone()],
+            })
+            .collect(),
+        publishers: tokens[..publishers].to_vec(),
+        conv,
+    }
+}
+
+/// Runs the traffic phase of a fan-out: connect receivers (paced), publish for `ctx.duration`, let
+/// the tail arrive, check loss by sync.
+pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Result<Report> {
+    let live = Arc::new(Live::default());
+    let job = ReceiverJob {
+        target: ctx.target.clone(),
+        first_index: plan.publishers.len(),
+        pacing: ctx.pacing,
+        members: plan.receivers.clone(),
+        connect_timeout_s: 300.0,
+    };
+    let pool = Pool::start(
+        job,
+        ctx.per_process,
+        live.clone(),
+        ctx.worker_exe.as_deref(),
+    )
+    .await?;
+    let mut pubs = Vec::new();
+    for (i, t) in plan.publishers.iter().enumerate() {
+        let c = ctx
+            .target
+            .connect(i, t)
+            .await
+            .context("connecting a publisher")?;
+        pubs.push(Arc::new(c));
+    }
+    let drains: Vec<_> = pubs.iter().map(|c| drain(c.clone())).collect();
+    let sampler = Sampler::start(live.clone(), "fanout", ctx.progress);
+    let started = Instant::now();
+    let until = started + ctx.duration;
+    let per_pub_rate = opts.rate.map(|r| r / pubs.len() as f64);
+    let tasks: Vec<_> = pubs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let plan = PublishPlan {
+                conv: plan.conv.clone(),
+                rate: per_pub_rate,
+                window: opts.window,
+                payload: ctx.payload,
+                until,
+                max_messages: None,
+                id_prefix: format!("{}-p{i}", ctx.run_id),
+                body: BodyKind::Text,
+            };
+            tokio::spawn(publish(c.clone(), plan, live.clone()))
+        })
+        .collect();
+    let mut sent = PublishResult::default();
+    for t in tasks {
+        sent.merge(&t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let connected = pool.connect_stats().ok;
+    wait_deliveries(
+        &live,
+        sent.acked.len() as u64 * connected,
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    )
+    .await;
+    let timeline = sampler.finish().await;
+    let acked = HashMap::from([(plan.conv.clone(), sent.acked.clone())]);
+    let rx = pool.finish(&acked).await?;
+    for d in drains {
+        d.abort();
+    }
+    let params = json!({
+        "members": plan.receivers.len() + plan.publishers.len(),
+        "publishers": plan.publishers.len(),
+        "rate": opts.rate, "window": opts.window, "payload": ctx.payload,
+        "duration_s": ctx.duration.as_secs_f64(),
+    });
+    Ok(Report::new(
+        "fanout",
+        params,
+        &ctx.target,
+        elapsed,
+        &rx,
+        &sent,
+        timeline,
+    ))
+}

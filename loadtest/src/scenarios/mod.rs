@@ -1,0 +1,77 @@
+//! The load scenarios. Each one splits into a setup through the admin API (users, tokens, groups)
+//! and a `run_*` that only needs WebSocket URLs and tokens, so tests can drive the same measuring
+//! code against a stand-in server.
+
+pub mod chat;
+pub mod churn;
+pub mod connect;
+pub mod fanout;
+pub mod tree;
+
+use std::time::Duration;
+
+use crate::admin::Admin;
+use crate::net::{Pacing, Target};
+
+/// What every scenario needs to know about the run.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub target: Target,
+    /// How long the measured phase lasts.
+    pub duration: Duration,
+    /// Message body text size in bytes.
+    pub payload: usize,
+    /// Draw the live progress line.
+    pub progress: bool,
+    /// Receivers per process before worker processes take over.
+    pub per_process: usize,
+    pub pacing: Pacing,
+    /// The binary that worker processes run (None: this executable, which is the binary itself;
+    /// tests point it at the built `kaiwa-loadtest`).
+    pub worker_exe: Option<std::path::PathBuf>,
+    /// Unique per run: names users and makes `client_msg_id`s unique.
+    pub run_id: String,
+}
+
+impl Ctx {
+    /// A context with the defaults the binary uses, for library users and tests.
+    pub fn new(target: Target, duration: Duration) -> Ctx {
+        Ctx {
+            target,
+            duration,
+            payload: 100,
+            progress: false,
+            per_process: crate::pool::DEFAULT_PER_PROCESS,
+            pacing: Pacing::default(),
+            worker_exe: None,
+            run_id: format!("{}", crate::clock::epoch_unix_ns() / 1_000_000),
+        }
+    }
+}
+
+/// Users created for a run: ids and tokens, index-aligned.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    pub ids: Vec<String>,
+    pub tokens: Vec<String>,
+}
+
+/// Creates `n` users named `kaiwa-lt-{run}-{label}-{i}` with a token each, 1000 per request.
+pub async fn create_users(
+    admin: &Admin,
+    run_id: &str,
+    label: &str,
+    n: usize,
+) -> anyhow::Result<Users> {
+    let mut users = Users::default();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("kaiwa-lt-{run_id}-{label}-{i}"))
+        .collect();
+    for chunk in names.chunks(1000) {
+        let ids = admin.create_users_bulk(chunk, None).await?;
+        let tokens = admin.tokens_bulk(&ids).await?;
+        users.ids.extend(ids);
+        users.tokens.extend(tokens);
+    }
+    Ok(users)
+}

@@ -1,0 +1,125 @@
+//! The tool's own measurements, checked against the in-process fake server: the loss counter finds
+//! exactly the messages the server dropped, and the latency histogram sees a known delivery delay.
+//! These call the same `fanout::run` the binary uses.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use kaiwa_loadtest::net::Target;
+use kaiwa_loadtest::scenarios::{chat, fanout, Ctx};
+use kaiwa_loadtest::WireFormat;
+
+fn ctx(base: &str, format: WireFormat, secs: f64) -> Ctx {
+    let target = Target::new(base, 4, format).unwrap();
+    Ctx::new(target, Duration::from_secs_f64(secs))
+}
+
+fn tokens(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_counter_reports_exactly_the_dropped_messages() {
+    let base = common::start(common::FakeConfig {
+        drop_seqs: HashSet::from([3, 7, 11]),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let ctx = ctx(&base, WireFormat::Json, 0.5);
+    let plan = fanout::plan_for("g1".into(), &tokens("u", 6), 1);
+    let opts = fanout::FanoutOpts {
+        rate: Some(60.0),
+        window: 8,
+    };
+    let report = fanout::run(&ctx, &plan, &opts).await.unwrap();
+    assert!(report.acked >= 20, "acked only {}", report.acked);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let receivers = 5;
+    assert_eq!(report.loss.expected, report.acked * receivers);
+    assert_eq!(report.loss.lost, 3 * receivers);
+    assert_eq!(report.loss.missed_live, 3 * receivers);
+    assert_eq!(report.loss.recovered_by_sync, 0);
+    assert_eq!(
+        report.loss.lost_seqs,
+        BTreeMap::from([("g1".to_string(), vec![3, 7, 11])])
+    );
+    assert_eq!(report.deliveries, (report.acked - 3) * receivers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histogram_sees_the_delivery_delay() {
+    let base = common::start(common::FakeConfig {
+        drop_seqs: HashSet::new(),
+        delay: Duration::from_millis(20),
+    })
+    .await;
+    let ctx = ctx(&base, WireFormat::MsgPack, 0.5);
+    let plan = fanout::plan_for("g2".into(), &tokens("v", 4), 1);
+    let opts = fanout::FanoutOpts {
+        rate: Some(100.0),
+        window: 16,
+    };
+    let report = fanout::run(&ctx, &plan, &opts).await.unwrap();
+    let p = &report.delivery_latency;
+    assert_eq!(report.loss.lost, 0);
+    assert_eq!(p.count, report.acked * 3);
+    assert!(
+        (p.p50_ms - 20.0).abs() < 5.0,
+        "p50 {} ms, expected about 20",
+        p.p50_ms
+    );
+    assert!(p.max_ms >= 20.0);
+
+    let svg = std::env::temp_dir().join(format!("kaiwa-lt-chart-{}.svg", std::process::id()));
+    kaiwa_loadtest::chart::draw(&report, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(text.contains("<svg") && text.contains("polyline"));
+    assert!(report.summary().contains("p99.9"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_pairs_count_acks_and_deliveries() {
+    let base = common::start(Default::default()).await;
+    let ctx = ctx(&base, WireFormat::Json, 0.3);
+    // The fake server pushes every message to every session, so use one pair.
+    let plan = chat::ChatPlan {
+        tokens: tokens("w", 2),
+        users: tokens("w", 2),
+    };
+    let opts = chat::ChatOpts {
+        rate: Some(100.0),
+        window: 2,
+    };
+    let report = chat::run(&ctx, &plan, &opts).await.unwrap();
+    assert!(report.acked > 5);
+    assert_eq!(report.loss.lost, 0);
+    assert_eq!(report.deliveries, report.acked * 2);
+    assert!(report.ack_latency.count == report.acked);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["scenario"], "chat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_spread_over_worker_processes() {
+    let base = common::start(common::FakeConfig {
+        drop_seqs: HashSet::from([2]),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let mut ctx = ctx(&base, WireFormat::Json, 0.5);
+    ctx.per_process = 2;
+    ctx.worker_exe = Some(env!("CARGO_BIN_EXE_kaiwa-loadtest").into());
+    let plan = fanout::plan_for("g3".into(), &tokens("x", 6), 1);
+    let opts = fanout::FanoutOpts {
+        rate: Some(40.0),
+        window: 4,
+    };
+    let report = fanout::run(&ctx, &plan, &opts).await.unwrap();
+    assert_eq!(report.connect.ok, 5, "3 workers hold 2 + 2 + 1 receivers");
+    assert_eq!(report.loss.lost, 5);
+    assert_eq!(report.deliveries, (report.acked - 1) * 5);
+    assert!(report.delivery_latency.count > 0);
+}
