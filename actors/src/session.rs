@@ -18,7 +18,7 @@ use crate::group::GroupSpec;
 use crate::hub::Conn;
 use crate::ids;
 use crate::outbox::{Outgoing, CLOSE_PING_TIMEOUT, CLOSE_TOO_BIG};
-use crate::protocol::codec::{decode_request, reply_err};
+use crate::protocol::codec::{decode_head, decode_request, reply_err};
 use crate::protocol::{Empty, ErrorCode, Format, KaiwaError, Op, Request};
 use crate::reply::Waiter;
 use crate::user::Convs;
@@ -75,10 +75,11 @@ impl Session {
         self.conn.saw_client_format(format);
         if bytes.len() > self.engine.limits.max_frame {
             let limit = self.engine.limits.max_frame;
-            return self.err_unsolicited(
-                format,
-                &KaiwaError::too_large(format!("frames are limited to {limit} bytes")),
-            );
+            let e = KaiwaError::too_large(format!("frames are limited to {limit} bytes"));
+            return match decode_head(format, &bytes) {
+                Some(re) => Waiter { conn: self.conn.clone(), re, format }.err(&e),
+                None => self.err_unsolicited(format, &e),
+            };
         }
         let req = match decode_request(format, &bytes) {
             Ok(r) => r,

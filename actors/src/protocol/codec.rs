@@ -87,6 +87,11 @@ fn parse<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, String>
 /// A request that could not be decoded: the id to answer (when it was readable) and why.
 pub type DecodeError = (Option<u64>, KaiwaError);
 
+/// Reads only the request id of a frame, to answer a frame that is refused unread (too large).
+pub fn decode_head(format: Format, bytes: &[u8]) -> Option<u64> {
+    parse::<Head>(format, bytes).ok()?.id
+}
+
 /// Decodes a request frame. Errors carry the request id when it could be read, so that a
 /// missing field is answered to its request while an unreadable frame gets `re: null`.
 pub fn decode_request(format: Format, bytes: &[u8]) -> Result<Request, DecodeError> {
