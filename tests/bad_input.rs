@@ -21,7 +21,10 @@ async fn malformed_unknown_missing_and_oversized_frames() {
     let node = Node::start_with(&["--max-frame", "2048"]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
-    let conv = ok(&ca, "chat.open", json!({"user": b})).await["conv"].as_str().unwrap().to_string();
+    let conv = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Not JSON at all: re null, bad_frame, and the connection stays open.
     ca.send_text_frame("{this is not json").await.unwrap();
@@ -36,10 +39,27 @@ async fn malformed_unknown_missing_and_oversized_frames() {
     assert_eq!(unsolicited(&ca).await["err"]["code"], "bad_frame");
 
     err(&ca, "dance", json!({}), "unknown_op").await;
-    err(&ca, "send", json!({"conv": conv, "body": {"text": "no client id"}}), "bad_frame").await;
-    err(&ca, "send", json!({"conv": conv, "client_msg_id": "x", "body": {"shout": "?"}}), "bad_frame").await;
-    err(&ca, "send", json!({"conv": conv, "client_msg_id": "x", "body": {"text": "a".repeat(4000)}}), "too_large")
-        .await;
+    err(
+        &ca,
+        "send",
+        json!({"conv": conv, "body": {"text": "no client id"}}),
+        "bad_frame",
+    )
+    .await;
+    err(
+        &ca,
+        "send",
+        json!({"conv": conv, "client_msg_id": "x", "body": {"shout": "?"}}),
+        "bad_frame",
+    )
+    .await;
+    err(
+        &ca,
+        "send",
+        json!({"conv": conv, "client_msg_id": "x", "body": {"text": "a".repeat(4000)}}),
+        "too_large",
+    )
+    .await;
     err(&ca, "sync", json!({"conv": "g_nope"}), "not_found").await;
     err(&ca, "sync", json!({"conv": "whatever"}), "not_found").await;
 
@@ -77,28 +97,47 @@ async fn bad_expired_and_missing_tokens_get_401_disabled_users_403() {
     let url = |t: &str| format!("{}/ws?token={t}", node.ws());
     let status = |r: Result<Client, kaiwa_loadtest::ConnectError>| r.err().and_then(|e| e.status());
 
-    assert_eq!(status(Client::connect_url(&url("garbage"), WireFormat::Json).await), Some(401));
-    assert_eq!(status(Client::connect_url(&format!("{}/ws", node.ws()), WireFormat::Json).await), Some(401));
+    assert_eq!(
+        status(Client::connect_url(&url("garbage"), WireFormat::Json).await),
+        Some(401)
+    );
+    assert_eq!(
+        status(Client::connect_url(&format!("{}/ws", node.ws()), WireFormat::Json).await),
+        Some(401)
+    );
     // Signed with another secret.
     let other = std::process::Command::new(env!("CARGO_BIN_EXE_kaiwa"))
         .args(["token", "--user", &u, "--token-secret", "not-the-secret"])
         .output()
         .unwrap();
     let forged = String::from_utf8(other.stdout).unwrap();
-    assert_eq!(status(Client::connect_url(&url(forged.trim()), WireFormat::Json).await), Some(401));
+    assert_eq!(
+        status(Client::connect_url(&url(forged.trim()), WireFormat::Json).await),
+        Some(401)
+    );
     // Expired: minted with the right secret and a lifetime already over.
     let (code, v) = admin
-        .raw(reqwest::Method::POST, "/api/v1/tokens", Some(json!({"user": u, "ttl_s": 1})), Some(ADMIN_KEY))
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/tokens",
+            Some(json!({"user": u, "ttl_s": 1})),
+            Some(ADMIN_KEY),
+        )
         .await
         .unwrap();
     assert_eq!(code, 201);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = v["token"].as_str().unwrap();
-    assert_eq!(status(Client::connect_url(&url(expired), WireFormat::Json).await), Some(401));
+    assert_eq!(
+        status(Client::connect_url(&url(expired), WireFormat::Json).await),
+        Some(401)
+    );
 
     // A live session of a user who gets suspended is closed, and reconnecting gets 403.
     let token = admin.token(&u).await.unwrap();
-    let c = Client::connect_url(&url(&token), WireFormat::Json).await.unwrap();
+    let c = Client::connect_url(&url(&token), WireFormat::Json)
+        .await
+        .unwrap();
     admin.set_user_state(&u, "suspended").await.unwrap();
     loop {
         match c.next(WAIT).await {
@@ -110,19 +149,47 @@ async fn bad_expired_and_missing_tokens_get_401_disabled_users_403() {
             None => panic!("suspended user's session was not closed"),
         }
     }
-    assert_eq!(status(Client::connect_url(&url(&token), WireFormat::Json).await), Some(403));
+    assert_eq!(
+        status(Client::connect_url(&url(&token), WireFormat::Json).await),
+        Some(403)
+    );
     admin.set_user_state(&u, "deleted").await.unwrap();
-    assert_eq!(status(Client::connect_url(&url(&token), WireFormat::Json).await), Some(403));
+    assert_eq!(
+        status(Client::connect_url(&url(&token), WireFormat::Json).await),
+        Some(403)
+    );
 
     // The admin API wants its key.
-    let (code, v) = admin.raw(reqwest::Method::POST, "/api/v1/users", Some(json!({"name": "x"})), None).await.unwrap();
+    let (code, v) = admin
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "x"})),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 401);
     assert_eq!(v["error"]["code"], "unauthorized");
-    let (code, _) =
-        admin.raw(reqwest::Method::POST, "/api/v1/users", Some(json!({"name": "x"})), Some("wrong")).await.unwrap();
+    let (code, _) = admin
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "x"})),
+            Some("wrong"),
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 401);
-    let (code, v) =
-        admin.raw(reqwest::Method::POST, "/api/v1/users", Some(json!({"nam": "x"})), Some(ADMIN_KEY)).await.unwrap();
+    let (code, v) = admin
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"nam": "x"})),
+            Some(ADMIN_KEY),
+        )
+        .await
+        .unwrap();
     assert_eq!(code, 400);
     assert_eq!(v["error"]["code"], "bad_frame");
 }
@@ -133,7 +200,12 @@ async fn outsiders_and_non_admins_are_refused_and_nothing_leaks() {
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let (c, cc) = node.user("Cid", None, WireFormat::Json).await;
-    let conv = ok(&ca, "group.create", json!({"name": "Inner", "kind": "flat"})).await["conv"]
+    let conv = ok(
+        &ca,
+        "group.create",
+        json!({"name": "Inner", "kind": "flat"}),
+    )
+    .await["conv"]
         .as_str()
         .unwrap()
         .to_string();
@@ -142,19 +214,55 @@ async fn outsiders_and_non_admins_are_refused_and_nothing_leaks() {
     ca.next_event("member_added", WAIT).await.unwrap();
 
     // Cid is not in the group.
-    err(&cc, "send", json!({"conv": conv, "client_msg_id": "x", "body": {"text": "let me in"}}), "forbidden").await;
+    err(
+        &cc,
+        "send",
+        json!({"conv": conv, "client_msg_id": "x", "body": {"text": "let me in"}}),
+        "forbidden",
+    )
+    .await;
     err(&cc, "sync", json!({"conv": conv, "after": 0}), "forbidden").await;
     err(&cc, "group.members", json!({"conv": conv}), "forbidden").await;
-    err(&cc, "group.add", json!({"conv": conv, "user": c}), "forbidden").await;
+    err(
+        &cc,
+        "group.add",
+        json!({"conv": conv, "user": c}),
+        "forbidden",
+    )
+    .await;
     // Bob is in it but no admin.
-    err(&cb, "group.add", json!({"conv": conv, "user": c}), "forbidden").await;
-    err(&cb, "group.remove", json!({"conv": conv, "user": _a}), "forbidden").await;
+    err(
+        &cb,
+        "group.add",
+        json!({"conv": conv, "user": c}),
+        "forbidden",
+    )
+    .await;
+    err(
+        &cb,
+        "group.remove",
+        json!({"conv": conv, "user": _a}),
+        "forbidden",
+    )
+    .await;
 
     quiet(&ca).await;
     quiet(&cb).await;
-    assert_eq!(ok(&ca, "group.members", json!({"conv": conv})).await["members"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        ok(&ca, "group.members", json!({"conv": conv})).await["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(sync_all(&ca, &conv, 0).await.len(), 0, "nothing was stored");
-    assert_eq!(ok(&cc, "convs", json!({})).await["convs"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        ok(&cc, "convs", json!({})).await["convs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -198,7 +306,11 @@ async fn a_slow_reader_is_cut_off_and_the_group_does_not_wait() {
             break;
         }
     }
-    assert_eq!(closed.map(|c| c.0), Some(4008), "the slow reader is closed as a slow consumer");
+    assert_eq!(
+        closed.map(|c| c.0),
+        Some(4008),
+        "the slow reader is closed as a slow consumer"
+    );
     // It resyncs on reconnect.
     let again = node.connect(&s, WireFormat::Json).await;
     assert_eq!(sync_all(&again, &conv, 0).await.len(), 1500);

@@ -18,10 +18,24 @@ async fn outsiders_cannot_read_sync_send_or_list_org_conversations() {
     let (p, cp) = node.user("Pat", None, WireFormat::Json).await;
 
     // Org chat and org group, owned by Acme.
-    let chat = ok(&ca, "chat.open", json!({"user": b, "org": acme})).await["conv"].as_str().unwrap().to_string();
-    let private = ok(&ca, "chat.open", json!({"user": b})).await["conv"].as_str().unwrap().to_string();
-    assert_ne!(chat, private, "the org chat of a pair is not their private chat");
-    let group = ok(&ca, "group.create", json!({"name": "Acme team", "kind": "flat", "org": acme})).await["conv"]
+    let chat = ok(&ca, "chat.open", json!({"user": b, "org": acme})).await["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let private = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        chat, private,
+        "the org chat of a pair is not their private chat"
+    );
+    let group = ok(
+        &ca,
+        "group.create",
+        json!({"name": "Acme team", "kind": "flat", "org": acme}),
+    )
+    .await["conv"]
         .as_str()
         .unwrap()
         .to_string();
@@ -30,20 +44,62 @@ async fn outsiders_cannot_read_sync_send_or_list_org_conversations() {
     send(&ca, &chat, "s2", "org chat secret").await;
 
     // Outsiders cannot be brought in.
-    err(&ca, "chat.open", json!({"user": g, "org": acme}), "forbidden").await;
-    err(&cg, "chat.open", json!({"user": a, "org": acme}), "forbidden").await;
-    err(&ca, "group.add", json!({"conv": group, "user": g}), "forbidden").await;
-    err(&ca, "group.add", json!({"conv": group, "user": p}), "forbidden").await;
-    err(&cg, "group.create", json!({"name": "Squat", "kind": "flat", "org": acme}), "forbidden").await;
+    err(
+        &ca,
+        "chat.open",
+        json!({"user": g, "org": acme}),
+        "forbidden",
+    )
+    .await;
+    err(
+        &cg,
+        "chat.open",
+        json!({"user": a, "org": acme}),
+        "forbidden",
+    )
+    .await;
+    err(
+        &ca,
+        "group.add",
+        json!({"conv": group, "user": g}),
+        "forbidden",
+    )
+    .await;
+    err(
+        &ca,
+        "group.add",
+        json!({"conv": group, "user": p}),
+        "forbidden",
+    )
+    .await;
+    err(
+        &cg,
+        "group.create",
+        json!({"name": "Squat", "kind": "flat", "org": acme}),
+        "forbidden",
+    )
+    .await;
 
     // Nor can they read, sync, send or list.
     for (c, _) in [(&cg, &g), (&cp, &p)] {
         for conv in [&chat, &group] {
             err(c, "sync", json!({"conv": conv, "after": 0}), "forbidden").await;
-            err(c, "send", json!({"conv": conv, "client_msg_id": "x", "body": {"text": "hi"}}), "forbidden").await;
+            err(
+                c,
+                "send",
+                json!({"conv": conv, "client_msg_id": "x", "body": {"text": "hi"}}),
+                "forbidden",
+            )
+            .await;
             err(c, "group.members", json!({"conv": conv}), "forbidden").await;
         }
-        assert_eq!(ok(c, "convs", json!({})).await["convs"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            ok(c, "convs", json!({})).await["convs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
         quiet(c).await;
     }
 
@@ -53,10 +109,17 @@ async fn outsiders_cannot_read_sync_send_or_list_org_conversations() {
     assert_eq!(list.len(), 3);
     for c in list {
         let id = c["conv"].as_str().unwrap();
-        let expect_org = if id == private { None } else { Some(acme.as_str()) };
+        let expect_org = if id == private {
+            None
+        } else {
+            Some(acme.as_str())
+        };
         assert_eq!(c["org"].as_str(), expect_org, "{c}");
     }
     // A private chat across orgs is fine.
-    let cross = ok(&ca, "chat.open", json!({"user": g})).await["conv"].as_str().unwrap().to_string();
+    let cross = ok(&ca, "chat.open", json!({"user": g})).await["conv"]
+        .as_str()
+        .unwrap()
+        .to_string();
     send(&cg, &cross, "x1", "hello from Globex").await;
 }

@@ -77,7 +77,12 @@ impl Session {
             let limit = self.engine.limits.max_frame;
             let e = KaiwaError::too_large(format!("frames are limited to {limit} bytes"));
             return match decode_head(format, &bytes) {
-                Some(re) => Waiter { conn: self.conn.clone(), re, format }.err(&e),
+                Some(re) => Waiter {
+                    conn: self.conn.clone(),
+                    re,
+                    format,
+                }
+                .err(&e),
                 None => self.err_unsolicited(format, &e),
             };
         }
