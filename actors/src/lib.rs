@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod chat;
+pub mod cluster;
 pub mod conv_log;
 pub mod conversation;
 pub mod engine;

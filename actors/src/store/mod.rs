@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod records;
+pub mod redis;
 
 use futures_util::future::BoxFuture;
 

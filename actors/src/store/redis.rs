@@ -1,0 +1,570 @@
+//! The Redis store of cluster mode: every node reads and writes the same state, so an entity
+//! that moves to another node reloads exactly what was acked.
+//!
+//! Layout (all under the cluster prefix): `user:<id>`, `org:<id>`, `conv:<id>` hold MessagePack
+//! records; `members:<conv>` is a hash user -> role; `uconvs:<user>` a sorted set of conv ids;
+//! `log:<log>` a sorted set of messages scored by seq with `last:<log>` its last seq; `kv:<key>`
+//! the keyed records with `kvkeys` a lexically sorted index for prefix scans.
+//!
+//! One [`Store::write`] is one Lua script, which Redis runs atomically: it first checks every
+//! append (`seq == last + 1`, refused with a conflict otherwise) and only then applies every
+//! write, so a call applies all of its writes or none. Whichever node appends, the check runs
+//! inside Redis, so a log can never fork. Durability comes from Redis itself: run it with
+//! `appendonly yes` and `appendfsync always`, and a reply (hence an ack) follows the fsync.
+
+use std::sync::Arc;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures_util::FutureExt;
+
+use super::*;
+use crate::cluster::redis_conn::{RedisConn, RedisFailure};
+
+/// Checks every append of the call, then applies every write. ARGV: prefix, then ops of four
+/// fields each (op, a, b, c). Returns the number of appended messages.
+const WRITE_SCRIPT: &str = r#"
+local p = ARGV[1]
+local n = #ARGV
+local planned = {}
+local i = 2
+while i <= n do
+  if ARGV[i] == 'A' then
+    local log, seq = ARGV[i+1], tonumber(ARGV[i+2])
+    local cur = planned[log]
+    if cur == nil then cur = tonumber(redis.call('GET', p .. 'last:' .. log) or '0') end
+    if seq ~= cur + 1 then
+      return redis.error_reply('CONFLICT log ' .. log .. ': append of seq ' .. seq .. ' after ' .. cur)
+    end
+    planned[log] = seq
+  end
+  i = i + 4
+end
+local appended = 0
+i = 2
+while i <= n do
+  local op, a, b, c = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  if op == 'S' then
+    redis.call('SET', p .. a, b)
+  elseif op == 'M' then
+    redis.call('HSET', p .. 'members:' .. a, b, c)
+    redis.call('ZADD', p .. 'uconvs:' .. b, 0, a)
+  elseif op == 'R' then
+    redis.call('HDEL', p .. 'members:' .. a, b)
+    redis.call('ZREM', p .. 'uconvs:' .. b, a)
+  elseif op == 'A' then
+    redis.call('ZADD', p .. 'log:' .. a, tonumber(b), c)
+    redis.call('SET', p .. 'last:' .. a, b)
+    appended = appended + 1
+  elseif op == 'K' then
+    redis.call('SET', p .. 'kv:' .. a, b)
+    redis.call('ZADD', p .. 'kvkeys', 0, a)
+  elseif op == 'D' then
+    redis.call('DEL', p .. 'kv:' .. a)
+    redis.call('ZREM', p .. 'kvkeys', a)
+  end
+  i = i + 4
+end
+return appended
+"#;
+
+/// Keys and values of every keyed record whose key starts with ARGV[2] (flat list).
+const SCAN_SCRIPT: &str = r#"
+local p = ARGV[1]
+local keys = redis.call('ZRANGEBYLEX', p .. 'kvkeys', '[' .. ARGV[2], '(' .. ARGV[2] .. '\255')
+local out = {}
+for _, k in ipairs(keys) do
+  local v = redis.call('GET', p .. 'kv:' .. k)
+  if v then
+    table.insert(out, k)
+    table.insert(out, v)
+  end
+end
+return out
+"#;
+
+/// The Redis-backed store. Cheap to share: clone the `Arc`.
+pub struct RedisStore {
+    conn: Arc<RedisConn>,
+    write_script: Arc<redis::Script>,
+    scan_script: Arc<redis::Script>,
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn failure(e: RedisFailure) -> StoreError {
+    match e {
+        RedisFailure::Reply(m) if m.contains("CONFLICT") => StoreError::Conflict(m),
+        e => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    rmp_serde::to_vec_named(v).map_err(backend)
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    rmp_serde::from_slice(b).map_err(backend)
+}
+
+fn role_code(r: Role) -> &'static str {
+    match r {
+        Role::Member => "0",
+        Role::Admin => "1",
+        Role::Owner => "2",
+    }
+}
+
+fn role_of(c: &str) -> Role {
+    match c {
+        "2" => Role::Owner,
+        "1" => Role::Admin,
+        _ => Role::Member,
+    }
+}
+
+impl RedisStore {
+    /// A store over `conn`; nothing is read until the first call.
+    pub fn new(conn: Arc<RedisConn>) -> Arc<Self> {
+        Arc::new(RedisStore {
+            conn,
+            write_script: Arc::new(redis::Script::new(WRITE_SCRIPT)),
+            scan_script: Arc::new(redis::Script::new(SCAN_SCRIPT)),
+        })
+    }
+
+    fn get_bytes(&self, key: String) -> StoreFuture<Option<Vec<u8>>> {
+        let f = self.conn.call(move |mut c| async move {
+            let v: Option<Vec<u8>> = c.get(key).await?;
+            Ok(v)
+        });
+        async move { f.await.map_err(failure) }.boxed()
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: String,
+    ) -> StoreFuture<Option<T>> {
+        let f = self.get_bytes(key);
+        async move {
+            match f.await? {
+                Some(b) => Ok(Some(dec(&b)?)),
+                None => Ok(None),
+            }
+        }
+        .boxed()
+    }
+
+    fn scored(&self, log: &str, after: u64, limit: usize) -> StoreFuture<Vec<Vec<u8>>> {
+        let key = self.conn.key(&format!("log:{log}"));
+        let f = self.conn.call(move |mut c| async move {
+            let v: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+                .arg(key)
+                .arg(format!("({after}"))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut *c)
+                .await?;
+            Ok(v)
+        });
+        async move { f.await.map_err(failure) }.boxed()
+    }
+}
+
+/// The script arguments of one write: op and three fields.
+fn encode_write(w: &Write, args: &mut Vec<Vec<u8>>, stored: &mut u64) -> StoreResult<()> {
+    let s = |v: &str| v.as_bytes().to_vec();
+    let mut push = |op: &str, a: Vec<u8>, b: Vec<u8>, c: Vec<u8>| {
+        args.push(s(op));
+        args.push(a);
+        args.push(b);
+        args.push(c);
+    };
+    match w {
+        Write::PutUser(u) => push("S", s(&format!("user:{}", u.id)), enc(u)?, vec![]),
+        Write::PutOrg(o) => push("S", s(&format!("org:{}", o.id)), enc(o)?, vec![]),
+        Write::PutConv(c) => push("S", s(&format!("conv:{}", c.id)), enc(c)?, vec![]),
+        Write::PutMember { conv, user, role } => push("M", s(conv), s(user), s(role_code(*role))),
+        Write::RemoveMember { conv, user } => push("R", s(conv), s(user), vec![]),
+        Write::Append { log, msg } => {
+            *stored += 1;
+            push("A", s(log), s(&msg.msg.seq.to_string()), enc(msg)?)
+        }
+        Write::PutKv { key, value } => push("K", s(key), value.clone(), vec![]),
+        Write::DeleteKv { key } => push("D", s(key), vec![], vec![]),
+    }
+    Ok(())
+}
+
+impl Store for RedisStore {
+    fn write(&self, writes: Vec<Write>) -> StoreFuture<()> {
+        let mut args = vec![self.conn.prefix.as_bytes().to_vec()];
+        let mut stored = 0;
+        for w in &writes {
+            if let Err(e) = encode_write(w, &mut args, &mut stored) {
+                return std::future::ready(Err(e)).boxed();
+            }
+        }
+        let script = self.write_script.clone();
+        let f = self.conn.call(move |mut c| async move {
+            let mut inv = script.prepare_invoke();
+            for a in &args {
+                inv.arg(a.as_slice());
+            }
+            let n: u64 = inv.invoke_async(&mut *c).await?;
+            Ok(n)
+        });
+        async move {
+            let started = std::time::Instant::now();
+            let r = f.await.map_err(failure);
+            metrics::histogram!("kaiwa_store_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("kaiwa_store_batch_writes").record(writes.len() as f64);
+            let n = r?;
+            metrics::counter!("kaiwa_messages_stored_total").increment(n.min(stored));
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn user(&self, id: &str) -> StoreFuture<Option<UserRecord>> {
+        self.get_record(self.conn.key(&format!("user:{id}")))
+    }
+
+    fn org(&self, id: &str) -> StoreFuture<Option<OrgRecord>> {
+        self.get_record(self.conn.key(&format!("org:{id}")))
+    }
+
+    fn conv(&self, id: &str) -> StoreFuture<Option<ConvRecord>> {
+        self.get_record(self.conn.key(&format!("conv:{id}")))
+    }
+
+    fn members(&self, conv: &str) -> StoreFuture<Vec<(Id, Role)>> {
+        let key = self.conn.key(&format!("members:{conv}"));
+        let f = self.conn.call(move |mut c| async move {
+            let v: Vec<(String, String)> = c.hgetall(key).await?;
+            Ok(v)
+        });
+        async move {
+            let mut out: Vec<(Id, Role)> = f
+                .await
+                .map_err(failure)?
+                .into_iter()
+                .map(|(u, r)| (u, role_of(&r)))
+                .collect();
+            out.sort();
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn user_convs(&self, user: &str) -> StoreFuture<Vec<Id>> {
+        let key = self.conn.key(&format!("uconvs:{user}"));
+        let f = self.conn.call(move |mut c| async move {
+            let v: Vec<String> = c.zrange(key, 0, -1).await?;
+            Ok(v)
+        });
+        async move { f.await.map_err(failure) }.boxed()
+    }
+
+    fn messages(
+        &self,
+        log: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreFuture<(Vec<StoredMessage>, bool)> {
+        let f = self.scored(log, after, limit + 1);
+        async move {
+            let raw = f.await?;
+            let more = raw.len() > limit;
+            let out = raw
+                .iter()
+                .take(limit)
+                .map(|b| dec(b))
+                .collect::<StoreResult<Vec<StoredMessage>>>()?;
+            Ok((out, more))
+        }
+        .boxed()
+    }
+
+    fn tail(&self, log: &str, limit: usize) -> StoreFuture<Vec<StoredMessage>> {
+        if limit == 0 {
+            return std::future::ready(Ok(Vec::new())).boxed();
+        }
+        let key = self.conn.key(&format!("log:{log}"));
+        let f = self.conn.call(move |mut c| async move {
+            let v: Vec<Vec<u8>> = c.zrange(key, -(limit as isize), -1).await?;
+            Ok(v)
+        });
+        async move { f.await.map_err(failure)?.iter().map(|b| dec(b)).collect() }.boxed()
+    }
+
+    fn last_seq(&self, log: &str) -> StoreFuture<u64> {
+        let key = self.conn.key(&format!("last:{log}"));
+        let f = self.conn.call(move |mut c| async move {
+            let v: Option<u64> = c.get(key).await?;
+            Ok(v.unwrap_or(0))
+        });
+        async move { f.await.map_err(failure) }.boxed()
+    }
+
+    fn kv(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
+        self.get_bytes(self.conn.key(&format!("kv:{key}")))
+    }
+
+    fn kv_scan(&self, prefix: &str) -> StoreFuture<Vec<(String, Vec<u8>)>> {
+        let script = self.scan_script.clone();
+        let (p, pre) = (self.conn.prefix.clone(), prefix.to_string());
+        let f = self.conn.call(move |mut c| async move {
+            let v: Vec<Vec<u8>> = script.arg(p).arg(pre).invoke_async(&mut *c).await?;
+            Ok(v)
+        });
+        async move {
+            let flat = f.await.map_err(failure)?;
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((String::from_utf8(k).map_err(backend)?, v));
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cluster::test_redis::TestRedis;
+    use crate::protocol::{Body, Message};
+
+    fn stored(log: &str, seq: u64, text: &str) -> StoredMessage {
+        StoredMessage {
+            msg: Message {
+                conv: log.into(),
+                seq,
+                msg_id: format!("m{seq}"),
+                from: "u".into(),
+                ts: 0,
+                body: Body::Text(text.into()),
+                thread: None,
+                origin: None,
+            },
+            client_msg_id: format!("c{seq}"),
+        }
+    }
+
+    fn msg(log: &str, seq: u64) -> Write {
+        Write::Append {
+            log: log.into(),
+            msg: stored(log, seq, &format!("t{seq}")),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn open(r: &TestRedis) -> Arc<RedisStore> {
+        RedisStore::new(RedisConn::open(&r.url(), "t:").unwrap())
+    }
+
+    #[test]
+    fn appends_are_gapless_and_survive_a_redis_restart() {
+        let mut r = TestRedis::start();
+        let rt = rt();
+        {
+            let s = open(&r);
+            rt.block_on(s.write(vec![msg("a", 1), msg("a", 2)]))
+                .unwrap();
+            assert!(matches!(
+                rt.block_on(s.write(vec![msg("a", 4)])),
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                rt.block_on(s.write(vec![msg("a", 2)])),
+                Err(StoreError::Conflict(_))
+            ));
+            rt.block_on(s.write(vec![msg("a", 3), msg("b", 1)]))
+                .unwrap();
+        }
+        r.restart();
+        let s = open(&r);
+        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 3);
+        assert_eq!(rt.block_on(s.last_seq("none")).unwrap(), 0);
+        let (page, more) = rt.block_on(s.messages("a", 1, 1)).unwrap();
+        assert_eq!(page[0].msg.seq, 2);
+        assert!(more);
+        let (page, more) = rt.block_on(s.messages("a", 1, 10)).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(!more);
+        let tail = rt.block_on(s.tail("a", 2)).unwrap();
+        assert_eq!(
+            tail.iter().map(|m| m.msg.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(tail[1], stored("a", 3, "t3"));
+    }
+
+    #[test]
+    fn a_write_applies_all_or_nothing() {
+        let r = TestRedis::start();
+        let rt = rt();
+        let s = open(&r);
+        let refused = rt.block_on(s.write(vec![
+            Write::PutKv {
+                key: "k".into(),
+                value: vec![1],
+            },
+            msg("a", 1),
+            msg("a", 3),
+        ]));
+        assert!(matches!(refused, Err(StoreError::Conflict(_))));
+        assert_eq!(rt.block_on(s.kv("k")).unwrap(), None);
+        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 0);
+    }
+
+    #[test]
+    fn records_members_and_kv_scan_by_prefix() {
+        let r = TestRedis::start();
+        let rt = rt();
+        let s = open(&r);
+        let user = UserRecord {
+            id: "u1".into(),
+            name: "Ann".into(),
+            email: None,
+            phone: None,
+            org: None,
+            title: None,
+            state: UserState::Active,
+        };
+        rt.block_on(s.write(vec![
+            Write::PutUser(user.clone()),
+            Write::PutMember {
+                conv: "g".into(),
+                user: "u2".into(),
+                role: Role::Member,
+            },
+            Write::PutMember {
+                conv: "g".into(),
+                user: "u1".into(),
+                role: Role::Owner,
+            },
+            Write::PutMember {
+                conv: "g2".into(),
+                user: "u1".into(),
+                role: Role::Member,
+            },
+            Write::PutKv {
+                key: "link/g/c1".into(),
+                value: vec![1],
+            },
+            Write::PutKv {
+                key: "link/g2/c1".into(),
+                value: vec![2],
+            },
+        ]))
+        .unwrap();
+        assert_eq!(rt.block_on(s.user("u1")).unwrap(), Some(user));
+        assert_eq!(rt.block_on(s.user("u9")).unwrap(), None);
+        let m = rt.block_on(s.members("g")).unwrap();
+        assert_eq!(
+            m,
+            vec![("u1".into(), Role::Owner), ("u2".into(), Role::Member)]
+        );
+        assert_eq!(
+            rt.block_on(s.user_convs("u1")).unwrap(),
+            vec!["g".to_string(), "g2".to_string()]
+        );
+        assert_eq!(
+            rt.block_on(s.kv_scan("link/g/")).unwrap(),
+            vec![("link/g/c1".to_string(), vec![1])]
+        );
+        assert_eq!(rt.block_on(s.kv_scan("link/")).unwrap().len(), 2);
+        rt.block_on(s.write(vec![
+            Write::RemoveMember {
+                conv: "g".into(),
+                user: "u2".into(),
+            },
+            Write::DeleteKv {
+                key: "link/g/c1".into(),
+            },
+        ]))
+        .unwrap();
+        assert_eq!(rt.block_on(s.members("g")).unwrap().len(), 1);
+        assert!(rt.block_on(s.kv_scan("link/g/")).unwrap().is_empty());
+        assert!(rt.block_on(s.user_convs("u2")).unwrap().is_empty());
+    }
+
+    /// Two stores (two nodes) append to the same log at once: each seq has exactly one winner
+    /// and the log stays gapless.
+    #[test]
+    fn concurrent_appenders_never_fork_a_log() {
+        let r = TestRedis::start();
+        let rt = rt();
+        let (s1, s2) = (open(&r), open(&r));
+        let run = |s: Arc<RedisStore>, who: &'static str| async move {
+            let mut won = Vec::new();
+            let mut next = 1;
+            while next <= 200 {
+                let w = Write::Append {
+                    log: "shared".into(),
+                    msg: stored("shared", next, who),
+                };
+                match s.write(vec![w]).await {
+                    Ok(()) => {
+                        won.push(next);
+                        next += 1;
+                    }
+                    Err(StoreError::Conflict(_)) => next = s.last_seq("shared").await.unwrap() + 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            won
+        };
+        let (a, b) = rt.block_on(async {
+            futures_util::future::join(run(s1.clone(), "one"), run(s2.clone(), "two")).await
+        });
+        let mut all: Vec<u64> = a.iter().chain(b.iter()).copied().collect();
+        all.sort();
+        assert_eq!(all, (1..=200).collect::<Vec<u64>>(), "each seq won once");
+        let (log, _) = rt.block_on(s1.messages("shared", 0, 1000)).unwrap();
+        assert_eq!(log.len(), 200);
+        for m in &log {
+            let Body::Text(t) = &m.msg.body else { panic!() };
+            let winner = if a.contains(&m.msg.seq) { "one" } else { "two" };
+            assert_eq!(t, winner, "the stored message is the winner's");
+        }
+    }
+
+    #[test]
+    fn calls_fail_fast_while_redis_is_down_and_resume_after() {
+        let mut r = TestRedis::start();
+        let rt = rt();
+        let s = open(&r);
+        rt.block_on(s.write(vec![msg("a", 1)])).unwrap();
+        r.kill();
+        let started = Instant::now();
+        let e = rt.block_on(s.write(vec![msg("a", 2)])).unwrap_err();
+        assert!(matches!(e, StoreError::Backend(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        r.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rt.block_on(s.write(vec![msg("a", 2)])) {
+                Ok(()) => break,
+                Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 2);
+    }
+}
