@@ -57,6 +57,24 @@ pub struct ServeConfig {
     /// Recent client message ids each conversation remembers [default: 10000].
     #[arg(long, env = "KAIWA_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
+    /// Joins a cluster whose store and bus is this Redis (e.g. redis://127.0.0.1:6379); without
+    /// it the node runs alone on its embedded store [default: none].
+    #[arg(long, env = "KAIWA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// This node's id in the cluster, unique among the nodes [default: the host name and port].
+    #[arg(long, env = "KAIWA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis [default: kaiwa:].
+    #[arg(long, env = "KAIWA_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+}
+
+/// Cluster settings, present when `--redis-url` is given.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub node_id: String,
+    pub prefix: String,
 }
 
 /// Development defaults; a node started with them says so in its log.
@@ -73,6 +91,7 @@ pub struct Settings {
     pub admin_key: String,
     pub workers: usize,
     pub limits: Limits,
+    pub cluster: Option<ClusterSettings>,
 }
 
 macro_rules! layer {
@@ -107,7 +126,10 @@ impl ServeConfig {
                 rate_burst,
                 ping_interval_ms,
                 ping_timeout_ms,
-                idempotency_window
+                idempotency_window,
+                redis_url,
+                node_id,
+                redis_prefix
             );
         }
         let d = Limits::default();
@@ -127,9 +149,19 @@ impl ServeConfig {
                 .map(Duration::from_millis)
                 .unwrap_or(d.ping_timeout),
         };
+        let host = self.host.unwrap_or_else(|| "127.0.0.1".into());
+        let port = self.port.unwrap_or(8080);
+        let cluster = self.redis_url.map(|redis_url| ClusterSettings {
+            redis_url,
+            node_id: self.node_id.unwrap_or_else(|| {
+                let h = std::env::var("HOSTNAME").unwrap_or_else(|_| host.clone());
+                format!("{h}:{port}")
+            }),
+            prefix: self.redis_prefix.unwrap_or_else(|| "kaiwa:".into()),
+        });
         Ok(Settings {
-            host: self.host.unwrap_or_else(|| "127.0.0.1".into()),
-            port: self.port.unwrap_or(8080),
+            host,
+            port,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             token_secret: self.token_secret.unwrap_or_else(|| DEV_SECRET.into()),
             admin_key: self.admin_key.unwrap_or_else(|| DEV_ADMIN_KEY.into()),
@@ -139,6 +171,7 @@ impl ServeConfig {
                     .unwrap_or(1)
             }),
             limits,
+            cluster,
         })
     }
 }
@@ -175,5 +208,27 @@ mod tests {
         }
         .resolve()
         .is_err());
+    }
+
+    #[test]
+    fn cluster_mode_only_with_a_redis_url() {
+        assert!(ServeConfig::default().resolve().unwrap().cluster.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kaiwa.toml");
+        std::fs::write(
+            &path,
+            "redis_url = \"redis://127.0.0.1:7000\"\nnode_id = \"n1\"\n",
+        )
+        .unwrap();
+        let s = ServeConfig {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.redis_url, "redis://127.0.0.1:7000");
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.prefix, "kaiwa:");
     }
 }

@@ -10,9 +10,14 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpServer};
 use clap::{Parser, Subcommand};
 use kaiwa_actors::bus::local::LocalBus;
+use kaiwa_actors::bus::Bus;
+use kaiwa_actors::cluster::redis_conn::RedisConn;
+use kaiwa_actors::cluster::{Cluster, ClusterBus};
 use kaiwa_actors::engine::Engine;
 use kaiwa_actors::hub::Hub;
 use kaiwa_actors::store::embedded::EmbeddedStore;
+use kaiwa_actors::store::redis::RedisStore;
+use kaiwa_actors::store::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::config::{ServeConfig, DEV_ADMIN_KEY, DEV_SECRET};
@@ -73,12 +78,31 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     let process = metrics_process::Collector::default();
     process.describe();
 
-    let store = EmbeddedStore::open(&s.data_dir)?;
+    let hub = Arc::new(Hub::new());
+    // Alone: the embedded store and the in-process bus. In a cluster: Redis for both.
+    let (store, bus, cluster): (Arc<dyn Store>, Arc<dyn Bus>, _) = match &s.cluster {
+        None => (
+            EmbeddedStore::open(&s.data_dir)?,
+            Arc::new(LocalBus::new(hub.clone())),
+            None,
+        ),
+        Some(c) => {
+            let redis = RedisConn::open(&c.redis_url, &c.prefix).map_err(anyhow::Error::msg)?;
+            let cluster = Cluster::new(&c.node_id, redis.clone(), hub.clone());
+            tracing::info!(node = %c.node_id, redis = %c.redis_url, "joining cluster");
+            (
+                RedisStore::new(redis),
+                Arc::new(ClusterBus(cluster.clone())),
+                Some(cluster),
+            )
+        }
+    };
     actix_web::rt::System::new().block_on(async move {
         let engine_arbiter = actix::Arbiter::new();
-        let hub = Arc::new(Hub::new());
-        let bus = Arc::new(LocalBus::new(hub.clone()));
         let engine = Engine::new(store, bus, hub, s.limits.clone(), engine_arbiter.handle());
+        if let Some(c) = &cluster {
+            c.start(&engine);
+        }
         let state = web::Data::new(http::AppState {
             engine,
             auth: auth::Auth::new(&s.token_secret),

@@ -3,7 +3,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::{Actor, Addr, ArbiterHandle};
@@ -12,6 +12,7 @@ use dashmap::DashMap;
 
 use crate::bus::Bus;
 use crate::chat::ChatActor;
+use crate::cluster::Cluster;
 use crate::group::GroupActor;
 use crate::hub::{Conn, Hub};
 use crate::ids;
@@ -94,19 +95,27 @@ pub struct Engine {
     arbiter: ArbiterHandle,
     dir: Directory,
     next_conn: AtomicU64,
+    /// Set once in cluster mode; `None` on a node that runs alone.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// Finds the live actor in `map` or starts one on the engine's arbiter.
+/// `kind` labels the activation metric.
 fn find_or_start<A, F>(
     map: &DashMap<String, Addr<A>>,
     id: &str,
     arbiter: &ArbiterHandle,
+    kind: &'static str,
     make: F,
 ) -> Addr<A>
 where
     A: Actor<Context = actix::Context<A>>,
     F: FnOnce() -> A + Send + 'static,
 {
+    let start = |make: F| {
+        metrics::counter!("kaiwa_activations_total", "kind" => kind).increment(1);
+        A::start_in_arbiter(arbiter, |_| make())
+    };
     if let Some(a) = map.get(id) {
         if a.connected() {
             return a.clone();
@@ -114,13 +123,13 @@ where
     }
     match map.entry(id.to_string()) {
         Entry::Occupied(mut e) if !e.get().connected() => {
-            let a = A::start_in_arbiter(arbiter, |_| make());
+            let a = start(make);
             e.insert(a.clone());
             a
         }
         Entry::Occupied(e) => e.get().clone(),
         Entry::Vacant(v) => {
-            let a = A::start_in_arbiter(arbiter, |_| make());
+            let a = start(make);
             v.insert(a.clone());
             a
         }
@@ -144,6 +153,7 @@ impl Engine {
             arbiter,
             dir: Directory::default(),
             next_conn: AtomicU64::new(1),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -173,6 +183,7 @@ impl Engine {
             &self.dir.users,
             id,
             &self.arbiter,
+            "user",
             move || UserActor::new(e, i),
         ))
     }
@@ -187,6 +198,7 @@ impl Engine {
             &self.dir.orgs,
             id,
             &self.arbiter,
+            "org",
             move || OrgActor::new(e, i),
         ))
     }
@@ -201,6 +213,7 @@ impl Engine {
             &self.dir.chats,
             id,
             &self.arbiter,
+            "chat",
             move || ChatActor::new(e, i),
         ))
     }
@@ -215,6 +228,7 @@ impl Engine {
             &self.dir.groups,
             id,
             &self.arbiter,
+            "group",
             move || GroupActor::load(e, i),
         ))
     }
@@ -225,7 +239,18 @@ impl Engine {
         spec: crate::group::GroupSpec,
         done: crate::group::Done,
     ) -> crate::protocol::Id {
-        let id = ids::new_group();
+        // In cluster mode the group is created where it will live: draw ids until one is
+        // owned by this node (with N nodes, N draws on average).
+        let mut id = ids::new_group();
+        if let Some(c) = self.cluster() {
+            for _ in 0..256 {
+                if c.owns(&id) {
+                    break;
+                }
+                id = ids::new_group();
+            }
+        }
+        metrics::counter!("kaiwa_activations_total", "kind" => "group").increment(1);
         let (e, i) = (self.clone(), id.clone());
         let addr = GroupActor::start_in_arbiter(&self.arbiter, move |_| {
             GroupActor::create(e, i, spec, done)
@@ -252,5 +277,23 @@ impl Engine {
     /// Forgets a chat activation that is ending.
     pub fn forget_chat(&self, id: &str) {
         self.dir.chats.remove(id);
+    }
+
+    /// Joins this engine to a cluster; once only.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// After a membership change: forgets the conversation activations that `owned` says
+    /// another node owns now, so that the next request for them goes there. Their actors end
+    /// once nothing refers to them; the store's append check keeps any late write honest.
+    pub fn retain_owned(&self, owned: impl Fn(&str) -> bool) {
+        self.dir.chats.retain(|id, _| owned(id));
+        self.dir.groups.retain(|id, _| owned(id));
     }
 }

@@ -19,7 +19,7 @@ use crate::hub::Conn;
 use crate::ids;
 use crate::outbox::{Outgoing, CLOSE_PING_TIMEOUT, CLOSE_TOO_BIG};
 use crate::protocol::codec::{decode_head, decode_request, reply_err};
-use crate::protocol::{Empty, ErrorCode, Format, KaiwaError, Op, Request};
+use crate::protocol::{Empty, ErrorCode, Format, Id, KaiwaError, Op, Request};
 use crate::reply::Waiter;
 use crate::user::Convs;
 
@@ -77,37 +77,31 @@ impl Session {
             let limit = self.engine.limits.max_frame;
             let e = KaiwaError::too_large(format!("frames are limited to {limit} bytes"));
             return match decode_head(format, &bytes) {
-                Some(re) => Waiter {
-                    conn: self.conn.clone(),
-                    re,
-                    format,
-                }
-                .err(&e),
+                Some(re) => Waiter::local(self.conn.clone(), re, format).err(&e),
                 None => self.err_unsolicited(format, &e),
             };
         }
         let req = match decode_request(format, &bytes) {
             Ok(r) => r,
             Err((None, e)) => return self.err_unsolicited(format, &e),
-            Err((Some(re), e)) => {
-                return Waiter {
-                    conn: self.conn.clone(),
-                    re,
-                    format,
-                }
-                .err(&e)
-            }
+            Err((Some(re), e)) => return Waiter::local(self.conn.clone(), re, format).err(&e),
         };
-        let waiter = Waiter {
-            conn: self.conn.clone(),
-            re: req.id,
-            format,
-        };
+        let waiter = Waiter::local(self.conn.clone(), req.id, format);
         if self.limiter.check().is_err() {
             return waiter.err(&KaiwaError::new(
                 ErrorCode::RateLimited,
                 "too many requests; slow down",
             ));
+        }
+        if let Some(cluster) = self.engine.cluster() {
+            if let Some(entity) = placed_entity(&self.conn.user, &req.op) {
+                let owner = cluster.owner(&entity);
+                if owner != cluster.node {
+                    self.convs.remove(&entity);
+                    let binary = format == Format::MsgPack;
+                    return cluster.forward(&owner, waiter, binary, bytes);
+                }
+            }
         }
         self.dispatch(req, waiter);
     }
@@ -128,48 +122,72 @@ impl Session {
 
     fn dispatch(&mut self, req: Request, waiter: Waiter) {
         let me = self.conn.user.clone();
-        match req.op {
-            Op::Ping => waiter.ok(&Empty {}),
-            Op::Convs => match self.engine.user(&me) {
-                Some(u) => u.do_send(Convs(waiter)),
-                None => waiter.err(&KaiwaError::internal("user actor unavailable")),
-            },
-            Op::ChatOpen(p) => {
-                let id = ids::chat(&me, &p.user, p.org.as_deref());
-                match self.engine.chat(&id) {
-                    Some(c) => c.do_send(OpenChat {
-                        caller: me,
-                        other: p.user,
-                        org: p.org,
-                        waiter,
-                    }),
-                    None => waiter.err(&KaiwaError::internal("chat actor unavailable")),
-                }
-            }
-            Op::GroupCreate(p) => {
-                let spec = GroupSpec {
-                    owner: me,
-                    name: p.name,
-                    kind: p.kind,
+        if let Some(conv) = req.op.conv().map(str::to_string) {
+            return match self.conv_addr(&conv) {
+                Some(a) => a.request(ConvRequest {
+                    from: me,
+                    op: req.op,
+                    waiter,
+                }),
+                None => waiter.err(&KaiwaError::not_found("no such conversation")),
+            };
+        }
+        route(&self.engine, me, req.op, waiter);
+    }
+}
+
+/// The entity whose single activation must answer `op` from `user`: the conversation it
+/// addresses, or the chat it opens. `None` for ops any node answers.
+pub fn placed_entity(user: &str, op: &Op) -> Option<String> {
+    match op {
+        Op::ChatOpen(p) => Some(ids::chat(user, &p.user, p.org.as_deref())),
+        op => op.conv().map(str::to_string),
+    }
+}
+
+/// Hands a decoded request of `me` to the actor that owns its rule, on this node. Sessions
+/// call it for their own requests; the cluster calls it for requests forwarded by other nodes.
+pub fn route(engine: &Arc<Engine>, me: Id, op: Op, waiter: Waiter) {
+    match op {
+        Op::Ping => waiter.ok(&Empty {}),
+        Op::Convs => match engine.user(&me) {
+            Some(u) => u.do_send(Convs(waiter)),
+            None => waiter.err(&KaiwaError::internal("user actor unavailable")),
+        },
+        Op::ChatOpen(p) => {
+            let id = ids::chat(&me, &p.user, p.org.as_deref());
+            match engine.chat(&id) {
+                Some(c) => c.do_send(OpenChat {
+                    caller: me,
+                    other: p.user,
                     org: p.org,
-                    parent: p.parent,
-                    members: Vec::new(),
-                };
-                self.engine
-                    .create_group(spec, Box::new(move |r| waiter.reply(&r)));
+                    waiter,
+                }),
+                None => waiter.err(&KaiwaError::internal("chat actor unavailable")),
             }
-            op => {
-                let Some(conv) = op.conv().map(str::to_string) else {
-                    return waiter.err(&KaiwaError::bad_frame("op needs `conv`"));
-                };
-                match self.conv_addr(&conv) {
-                    Some(a) => a.request(ConvRequest {
-                        from: me,
-                        op,
-                        waiter,
-                    }),
-                    None => waiter.err(&KaiwaError::not_found("no such conversation")),
-                }
+        }
+        Op::GroupCreate(p) => {
+            let spec = GroupSpec {
+                owner: me,
+                name: p.name,
+                kind: p.kind,
+                org: p.org,
+                parent: p.parent,
+                members: Vec::new(),
+            };
+            engine.create_group(spec, Box::new(move |r| waiter.reply(&r)));
+        }
+        op => {
+            let Some(conv) = op.conv().map(str::to_string) else {
+                return waiter.err(&KaiwaError::bad_frame("op needs `conv`"));
+            };
+            match engine.conv(&conv) {
+                Some(a) => a.request(ConvRequest {
+                    from: me,
+                    op,
+                    waiter,
+                }),
+                None => waiter.err(&KaiwaError::not_found("no such conversation")),
             }
         }
     }
@@ -180,6 +198,9 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.engine.hub.register(self.conn.clone());
+        if let Some(c) = self.engine.cluster() {
+            c.session_opened(&self.conn.user);
+        }
         let every = self.engine.limits.ping_interval;
         ctx.run_interval(every, |act, ctx| {
             if act.last_seen.elapsed() > act.engine.limits.ping_timeout {
@@ -195,6 +216,9 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.engine.hub.unregister(&self.conn);
+        if let Some(c) = self.engine.cluster() {
+            c.session_closed(&self.conn.user);
+        }
         self.conn.outbox.close(1000, "bye");
     }
 }

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+mod cluster;
+#[allow(unused_imports)]
+pub use cluster::*;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

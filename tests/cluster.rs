@@ -1,0 +1,282 @@
+//! Cluster mode: several real nodes on one real redis-server.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kaiwa_loadtest::{Client, WireFormat};
+use serde_json::{json, Value};
+
+/// Lets presence announcements of fresh connections reach every node.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn conv_of(v: &Value) -> String {
+    v["conv"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
+    let redis = Redis::start();
+    let nodes = start_cluster(&redis, 3).await;
+
+    // 1:1 between users on different nodes.
+    let (a, ca) = nodes[0].user("Ann", None, WireFormat::Json).await;
+    let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
+    let cb = nodes[1].connect(&b, WireFormat::MsgPack).await;
+    settle().await;
+    let conv = conv_of(&ok(&ca, "chat.open", json!({"user": b})).await);
+    assert_eq!(
+        conv_of(&ok(&cb, "chat.open", json!({"user": a})).await),
+        conv
+    );
+    assert_eq!(send(&ca, &conv, "1", "hi Bob").await, 1);
+    assert_eq!(messages(&cb, 1).await[0]["body"]["text"], "hi Bob");
+    assert_eq!(send(&cb, &conv, "1", "hi Ann").await, 2);
+    let got = messages(&ca, 2).await;
+    assert_eq!(got[1]["body"]["text"], "hi Ann");
+
+    // A 60-member group spread over the three nodes.
+    let names: Vec<String> = (0..60).map(|i| format!("member {i}")).collect();
+    let ids = nodes[1]
+        .admin()
+        .create_users_bulk(&names, None)
+        .await
+        .unwrap();
+    let owner = nodes[2].connect(&ids[0], WireFormat::Json).await;
+    let group = conv_of(
+        &ok(
+            &owner,
+            "group.create",
+            json!({"name": "Sixty", "kind": "flat"}),
+        )
+        .await,
+    );
+    for u in &ids[1..] {
+        ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
+    }
+    let mut clients = vec![owner];
+    for (i, u) in ids.iter().enumerate().skip(1) {
+        let f = if i % 2 == 0 {
+            WireFormat::Json
+        } else {
+            WireFormat::MsgPack
+        };
+        clients.push(nodes[i % 3].connect(u, f).await);
+    }
+    settle().await;
+    // Drain the member_added events the owner saw.
+    while clients[0].next(Duration::from_millis(50)).await.is_some() {}
+
+    let n = 30;
+    for i in 0..n {
+        let c = &clients[i * 7 % 60];
+        let seq = send(c, &group, &format!("m{i}"), &format!("text {i}")).await;
+        assert_eq!(seq, i as u64 + 1);
+    }
+    let checks = clients.iter().map(|c| async {
+        let got = messages(c, n).await;
+        let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=n as u64).collect::<Vec<_>>(),
+            "once, in seq order"
+        );
+        for (i, m) in got.iter().enumerate() {
+            assert_eq!(m["body"]["text"], format!("text {i}"));
+        }
+        quiet(c).await;
+    });
+    futures_util::future::join_all(checks).await;
+
+    // Each node received each message at most once over the bus, never once per member.
+    for node in &nodes {
+        let text = node.admin().metrics_text().await.unwrap();
+        let bus_in = kaiwa_loadtest::admin::metric_value(&text, "kaiwa_bus_messages_in_total")
+            .unwrap_or(0.0);
+        assert!(
+            bus_in < 200.0,
+            "node {} got {bus_in} bus messages",
+            node.port
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_under_load_loses_no_acked_message() {
+    let redis = Redis::start();
+    let mut nodes = start_cluster(&redis, 3).await;
+    let names: Vec<String> = (0..6).map(|i| format!("sender {i}")).collect();
+    let ids = nodes[0]
+        .admin()
+        .create_users_bulk(&names, None)
+        .await
+        .unwrap();
+    // Created on the node that will die, so the group must move.
+    let owner = nodes[1].connect(&ids[0], WireFormat::Json).await;
+    let group = conv_of(
+        &ok(
+            &owner,
+            "group.create",
+            json!({"name": "Load", "kind": "flat"}),
+        )
+        .await,
+    );
+    for u in &ids[1..] {
+        ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
+    }
+    drop(owner);
+
+    let per_sender = 80;
+    let mut tasks = Vec::new();
+    for (i, user) in ids.iter().enumerate() {
+        let user = user.clone();
+        let group = group.clone();
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        tasks.push(tokio::spawn(async move {
+            // Each sender starts on node i % 3 and fails over in order.
+            let handles: Vec<NodeRef> = ports.iter().map(|p| NodeRef(*p)).collect();
+            let refs: Vec<&NodeRef> = handles.iter().collect();
+            let mut at = i % 3;
+            let mut client = refs[at].connect(&user).await;
+            let mut acked = HashMap::new();
+            for k in 0..per_sender {
+                let cmid = format!("{user}-{k}");
+                let seq = send_until_acked(&mut client, &refs, &mut at, &user, &group, &cmid).await;
+                acked.insert(cmid, seq);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    nodes[1].kill();
+
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), ids.len() * per_sender);
+
+    // A client on a survivor resyncs: everything acked is there exactly once, seqs gapless.
+    let reader = nodes[0].connect(&ids[0], WireFormat::Json).await;
+    let log = sync_all(&reader, &group, 0).await;
+    let seqs: Vec<u64> = log.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=log.len() as u64).collect::<Vec<_>>(), "gapless");
+    let mut seen = HashSet::new();
+    for m in &log {
+        let text = m["body"]["text"].as_str().unwrap().to_string();
+        assert!(seen.insert(text.clone()), "{text} stored twice");
+        if let Some(seq) = acked.get(&text) {
+            assert_eq!(
+                *seq,
+                m["seq"].as_u64().unwrap(),
+                "{text} acked with another seq"
+            );
+        }
+    }
+    for cmid in acked.keys() {
+        assert!(seen.contains(cmid), "acked {cmid} is missing");
+    }
+}
+
+/// A node seen only through its port (tasks cannot borrow the `Node`s).
+struct NodeRef(u16);
+
+impl NodeRef {
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.0)
+    }
+    fn admin(&self) -> kaiwa_loadtest::Admin {
+        kaiwa_loadtest::Admin::new(&format!("http://127.0.0.1:{}", self.0), ADMIN_KEY)
+    }
+    async fn connect(&self, user: &str) -> Client {
+        let token = self.admin().token(user).await.unwrap();
+        Client::connect(&self.ws(), &token, WireFormat::Json)
+            .await
+            .unwrap()
+    }
+}
+
+/// Sends until acked, reconnecting to the next node when the connection dies. Returns the seq.
+async fn send_until_acked(
+    client: &mut Client,
+    nodes: &[&NodeRef],
+    at: &mut usize,
+    user: &str,
+    conv: &str,
+    cmid: &str,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "{cmid} was never acked");
+        let r = client
+            .request(
+                "send",
+                json!({"conv": conv, "client_msg_id": cmid, "body": {"text": cmid}}),
+            )
+            .await;
+        match r {
+            Ok(Ok(v)) => return v["seq"].as_u64().unwrap(),
+            Ok(Err(e)) => {
+                assert_eq!(e.code, "internal", "{cmid}: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => loop {
+                *at = (*at + 1) % nodes.len();
+                let node = nodes[*at];
+                let Ok(token) = node.admin().token(user).await else {
+                    continue;
+                };
+                if let Ok(c) = Client::connect(&node.ws(), &token, WireFormat::Json).await {
+                    *client = c;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_rides_out_a_redis_restart() {
+    let mut redis = Redis::start();
+    let nodes = start_cluster(&redis, 2).await;
+    let (_a, ca) = nodes[0].user("Ann", None, WireFormat::Json).await;
+    let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
+    let cb = nodes[1].connect(&b, WireFormat::Json).await;
+    settle().await;
+    let conv = conv_of(&ok(&ca, "chat.open", json!({"user": b})).await);
+    assert_eq!(send(&ca, &conv, "1", "before").await, 1);
+    messages(&cb, 1).await;
+
+    redis.kill();
+    wait_health(&nodes[0], 503, Duration::from_secs(10)).await;
+    // Requests fail fast instead of hanging.
+    let started = Instant::now();
+    match ca
+        .request(
+            "send",
+            json!({"conv": conv, "client_msg_id": "2", "body": {"text": "during"}}),
+        )
+        .await
+        .unwrap()
+    {
+        Ok(v) => panic!("send succeeded without Redis: {v}"),
+        Err(e) => assert_eq!(e.code, "internal"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+
+    redis.restart();
+    for n in &nodes {
+        wait_health(n, 200, Duration::from_secs(15)).await;
+    }
+    // The same connections carry on: the retry is stored, and delivered across nodes.
+    assert_eq!(send(&ca, &conv, "2", "after").await, 2);
+    let got = messages(&cb, 1).await;
+    assert_eq!(got[0]["body"]["text"], "after");
+    assert_eq!(sync_all(&cb, &conv, 0).await.len(), 2);
+}
