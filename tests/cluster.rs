@@ -106,7 +106,7 @@ async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
 }
 
 #[tokio::test]
-async fn a_node_killed_under_load_loses_no_acked_message() {
+async fn a_node_killed_under_load_and_rejoining_loses_no_acked_message() {
     let redis = Redis::start();
     let mut nodes = start_cluster(&redis, 3).await;
     let names: Vec<String> = (0..6).map(|i| format!("sender {i}")).collect();
@@ -130,7 +130,7 @@ async fn a_node_killed_under_load_loses_no_acked_message() {
     }
     drop(owner);
 
-    let per_sender = 80;
+    let per_sender = 120;
     let mut tasks = Vec::new();
     for (i, user) in ids.iter().enumerate() {
         let user = user.clone();
@@ -149,16 +149,27 @@ async fn a_node_killed_under_load_loses_no_acked_message() {
                 acked.insert(cmid, seq);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            acked
+            (acked, Instant::now())
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     nodes[1].kill();
+    // The survivors take the group over; then the node rejoins and takes it back.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    nodes[1].restart().await;
+    let rejoined = Instant::now();
 
     let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut last = rejoined;
     for t in tasks {
-        acked.extend(t.await.unwrap());
+        let (a, done) = t.await.unwrap();
+        acked.extend(a);
+        last = last.max(done);
     }
+    assert!(
+        last > rejoined + Duration::from_millis(500),
+        "the load went on after the rejoin"
+    );
     assert_eq!(acked.len(), ids.len() * per_sender);
 
     // A client on a survivor resyncs: everything acked is there exactly once, seqs gapless.

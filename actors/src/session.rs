@@ -97,7 +97,6 @@ impl Session {
             if let Some(entity) = placed_entity(&self.conn.user, &req.op) {
                 let owner = cluster.owner(&entity);
                 if owner != cluster.node {
-                    self.convs.remove(&entity);
                     let binary = format == Format::MsgPack;
                     return cluster.forward(&owner, waiter, binary, bytes);
                 }
@@ -107,6 +106,11 @@ impl Session {
     }
 
     fn conv_addr(&mut self, id: &str) -> Option<ConvAddr> {
+        if self.engine.cluster().is_some() {
+            // Activations move between nodes: always ask the directory, which forgets the
+            // ones this node gave up, so a cached address can never outlive its ownership.
+            return self.engine.conv(id);
+        }
         if let Some(a) = self.convs.get(id) {
             if a.connected() {
                 return Some(a.clone());

@@ -406,7 +406,12 @@ impl Cluster {
                     if changed {
                         tracing::info!(node = %self.node, ?live, "cluster membership changed");
                         *self.live.write() = Arc::new(live);
-                        self.membership_changed().await;
+                        self.reload_presence().await;
+                    }
+                    // Every tick, not only on a change: a request forwarded here by a node
+                    // whose view lagged may have activated something this node does not own.
+                    if let Some(engine) = self.engine() {
+                        engine.retain_owned(|id| self.owns(id));
                     }
                 }
                 Err(e) => {
@@ -418,14 +423,6 @@ impl Cluster {
                 }
             }
         }
-    }
-
-    /// Reloads presence and lets go of the conversations that another node owns now.
-    async fn membership_changed(&self) {
-        if let Some(engine) = self.engine() {
-            engine.retain_owned(|id| self.owns(id));
-        }
-        self.reload_presence().await;
     }
 
     /// Rebuilds the presence replica from the `presence:<node>` sets of the live nodes.
