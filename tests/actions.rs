@@ -29,10 +29,7 @@ async fn setup() -> (
         .unwrap();
     let ca = node.connect(&a, WireFormat::Json).await;
     let cb = node.connect(&b, WireFormat::MsgPack).await;
-    let conv = ok(&ca, "group.create", json!({"name": "Team", "kind": "flat"})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "group.create", json!({"name": "Team", "kind": "flat"})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": b})).await;
     cb.next_event("member_added", WAIT).await.unwrap();
     ca.next_event("member_added", WAIT).await.unwrap();

@@ -26,15 +26,12 @@ async fn members_reach_only_the_owner_and_never_learn_of_each_other() {
                 .unwrap(),
         );
     }
-    let conv = ok(
+    let conv = open_conv(
         &owner,
         "group.create",
         json!({"name": "Town hall", "kind": "public"}),
     )
-    .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     for u in &ids {
         ok(&owner, "group.add", json!({"conv": conv, "user": u})).await;
     }
@@ -128,6 +125,48 @@ async fn members_reach_only_the_owner_and_never_learn_of_each_other() {
             }
         }
     }
+    // A poll announced to everyone: members answer in their thread; only the owner sees results
+    // (they name who answered). A retried announcement names the same key.
+    let poll = json!({"poll": {"question": "Coffee?", "options": ["yes", "no"]}});
+    let ack = ok(
+        &owner,
+        "send",
+        json!({"conv": conv, "client_msg_id": "poll", "body": poll}),
+    )
+    .await;
+    let again = ok(
+        &owner,
+        "send",
+        json!({"conv": conv, "client_msg_id": "poll", "body": poll}),
+    )
+    .await;
+    assert_eq!(ack["msg_id"], again["msg_id"]);
+    let key = ack["msg_id"].as_str().unwrap();
+    for (i, m) in members.iter().enumerate().take(5) {
+        let copy = m.next_event("message", WAIT).await.unwrap();
+        let answer = json!({"choice": [i % 2]});
+        ok(
+            m,
+            "action.respond",
+            json!({"conv": conv, "msg_id": copy["msg_id"], "answer": answer}),
+        )
+        .await;
+        err(
+            m,
+            "action.results",
+            json!({"conv": conv, "msg_id": copy["msg_id"]}),
+            "forbidden",
+        )
+        .await;
+    }
+    let results = ok(
+        &owner,
+        "action.results",
+        json!({"conv": conv, "msg_id": key}),
+    )
+    .await;
+    assert_eq!(results, json!({"respondents": 5, "counts": [3, 2]}));
+
     // The owner reads threads by name, and sees phones.
     let t3 = ok(
         &owner,
@@ -135,7 +174,7 @@ async fn members_reach_only_the_owner_and_never_learn_of_each_other() {
         json!({"conv": conv, "after": 0, "thread": ids[3]}),
     )
     .await;
-    assert_eq!(t3["messages"].as_array().unwrap().len(), 3);
+    assert_eq!(t3["messages"].as_array().unwrap().len(), 4);
     err(
         &owner,
         "sync",

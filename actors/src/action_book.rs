@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conversation::{copy_key, find_message, Conversation};
 use crate::engine::Engine;
+use crate::ids::now_ms;
 use crate::protocol::actions::{
     ActionResponseEvent, ActionResults, ActionResultsEvent, Answer, LikesOk,
 };
@@ -22,7 +23,6 @@ use crate::protocol::{Body, Empty, Event, Id, KResult, KaiwaError, Origin};
 use crate::reply::Waiter;
 use crate::rules::actions::{can_like, validate_answer, Tally};
 use crate::store::{StoreResult, Write};
-use crate::{ids, ids::now_ms};
 
 /// How long results events wait to gather more changes.
 pub const RESULTS_COALESCE: Duration = Duration::from_millis(100);
@@ -328,9 +328,4 @@ pub fn results<A: Conversation>(
             None => waiter.err(&KaiwaError::not_found("no such action")),
         }
     });
-}
-
-/// A fresh action key for an announcement copied into many threads (public groups).
-pub fn new_key() -> Id {
-    ids::new_msg(0)
 }

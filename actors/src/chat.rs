@@ -143,14 +143,9 @@ impl Handler<ConvRequest> for ChatActor {
     type Result = ();
 
     fn handle(&mut self, r: ConvRequest, ctx: &mut Context<Self>) {
-        let Some(core) = &self.core else {
-            r.waiter.err(&KaiwaError::not_found("no such conversation"));
+        let Some(core) = conversation::member_gate(self.core.as_ref(), &r.from, &r.waiter) else {
             return;
         };
-        if let Err(e) = rules::membership::require_member(core.role(&r.from)) {
-            r.waiter.err(&e);
-            return;
-        }
         let log = core.log.log.clone();
         match r.op {
             Op::Send(p) => {

@@ -60,7 +60,7 @@ pub struct ConvCore {
     pub log: ConvLog,
     /// Public groups: one log per member thread, loaded on first use.
     pub threads: HashMap<Id, ConvLog>,
-    /// Hierarchical groups: the child groups actions flow down to.
+    /// Hierarchical groups: the child groups actions flow down to, in id order.
     pub children: Vec<Id>,
     /// Reactions (answers, likes, comments) to this conversation's messages.
     pub book: ActionBook,
@@ -497,4 +497,24 @@ pub fn members<A: Conversation>(act: &mut A, ctx: &mut Context<A>, caller: &str,
         .into_actor(act)
         .map(move |res, _act, _ctx| waiter.reply(&res))
         .spawn(ctx);
+}
+
+/// The conversation a request may proceed in: loaded, and the caller a member. Otherwise the
+/// waiter is answered (`not_found` or `forbidden`) and `None` returned.
+pub fn member_gate<'a>(
+    core: Option<&'a ConvCore>,
+    from: &str,
+    waiter: &Waiter,
+) -> Option<&'a ConvCore> {
+    let Some(core) = core else {
+        waiter.err(&KaiwaError::not_found("no such conversation"));
+        return None;
+    };
+    match rules::membership::require_member(core.role(from)) {
+        Ok(_) => Some(core),
+        Err(e) => {
+            waiter.err(&e);
+            None
+        }
+    }
 }

@@ -354,7 +354,7 @@ impl GroupActor {
     /// member alone as if sent to them only. Acked once every copy is durable.
     fn announce(&mut self, ctx: &mut Context<Self>, from: Id, p: SendMsg, waiter: Waiter) {
         let Some(core) = &self.core else { return };
-        let key = action_book::new_key();
+        let key = ids::announcement(&core.record.id, &from, &p.client_msg_id);
         let origin = Origin {
             conv: core.record.id.clone(),
             msg_id: key.clone(),
@@ -589,6 +589,7 @@ impl GroupActor {
             (Ok(child), Some(core)) => {
                 if !core.children.contains(&child) {
                     core.children.push(child.clone());
+                    core.children.sort();
                 }
                 if let Some(c) = act.engine.group(&child) {
                     c.do_send(SetParent(Some(act.id.clone())));
@@ -643,14 +644,9 @@ impl Handler<ConvRequest> for GroupActor {
     type Result = ();
 
     fn handle(&mut self, r: ConvRequest, ctx: &mut Context<Self>) {
-        let Some(core) = &self.core else {
-            r.waiter.err(&KaiwaError::not_found("no such conversation"));
+        let Some(core) = conversation::member_gate(self.core.as_ref(), &r.from, &r.waiter) else {
             return;
         };
-        if let Err(e) = rules::membership::require_member(core.role(&r.from)) {
-            r.waiter.err(&e);
-            return;
-        }
         let public = core.is_public();
         let read_log = |core: &ConvCore| Self::read_log(core, &r.from, None);
         match r.op {
@@ -687,6 +683,11 @@ impl Handler<ConvRequest> for GroupActor {
                 }
                 Err(e) => r.waiter.err(&e),
             },
+            Op::ActionResults(_) if public && !core.role(&r.from).is_some_and(Role::is_admin) => {
+                r.waiter.err(&KaiwaError::forbidden(
+                    "in a public group only the owner and admins see results",
+                ))
+            }
             Op::ActionResults(p) => match read_log(core) {
                 Ok(log) => action_book::results(self, ctx, log, p.msg_id, r.waiter),
                 Err(e) => r.waiter.err(&e),
@@ -741,6 +742,7 @@ impl Handler<LinkChild> for GroupActor {
                 res?;
                 if let Some(core) = act.core.as_mut() {
                     core.children.push(m.child);
+                    core.children.sort();
                 }
                 Ok(())
             }),

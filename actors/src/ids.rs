@@ -60,6 +60,19 @@ pub fn chat(a: &str, b: &str, org: Option<&str>) -> Id {
     format!("{CHAT}{hex}")
 }
 
+/// The key of a public group's announcement (the `msg_id` of its ack and the `origin` of its
+/// copies): derived from the sender's `client_msg_id`, so a retry names the same announcement.
+pub fn announcement(conv: &str, from: &str, client_msg_id: &str) -> Id {
+    let mut h = Sha256::new();
+    for part in [conv, from, client_msg_id] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("m0_{hex}")
+}
+
 /// Milliseconds since the Unix epoch, the unit of every `ts` and deadline.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
