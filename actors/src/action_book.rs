@@ -4,7 +4,7 @@
 //! members' reactions and, in a hierarchical group, those that travelled up from descendant
 //! groups. So `action.results` anywhere in a tree is the tally of that group's subtree, and a
 //! user counts once per tally however many of its groups they are in. Tallies are persisted
-//! with every change; results events to the creator and admins are coalesced.
+//! with every change; results events to those who may see them are coalesced.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -112,9 +112,15 @@ async fn load_by_msg(engine: Arc<Engine>, conv: Id, log: Id, msg_id: Id) -> KRes
         },
     };
     let tally = load_tally(&engine, &conv, &info.origin.msg_id).await?;
+    // A public group's announcement is known by its key, whichever thread's copy was named.
+    let local_msg_id = if m.thread.is_some() {
+        info.origin.msg_id.clone()
+    } else {
+        msg_id
+    };
     Ok(Reactions {
         info,
-        local_msg_id: msg_id,
+        local_msg_id,
         tally,
     })
 }
@@ -233,26 +239,26 @@ where
         .spawn(ctx);
 }
 
-/// Sends coalesced `action_results` events: to the creator where the action started, and to
-/// the admins of this conversation.
+/// Sends coalesced `action_results` events to whoever may see the results: every member, but
+/// in a public group (where results name who answered) the owner and admins only.
 fn flush_results<A: Conversation>(act: &mut A) {
     let Some(core) = act.core_mut() else { return };
     core.book.flush_scheduled = false;
-    let admins = core.admins();
+    let to: Arc<[Id]> = if core.is_public() {
+        core.admins().into()
+    } else {
+        core.recipients.clone()
+    };
     for key in std::mem::take(&mut core.book.dirty) {
         let Some(r) = core.book.by_key.get(&key) else {
             continue;
         };
-        let mut to = admins.clone();
-        if r.info.origin.conv == core.record.id && !to.contains(&r.info.creator) {
-            to.push(r.info.creator.clone());
-        }
         let ev = Event::ActionResults(ActionResultsEvent {
             conv: core.record.id.clone(),
             msg_id: r.local_msg_id.clone(),
             results: r.tally.results(&r.info.body),
         });
-        core.publish(Arc::from(to), ev);
+        core.publish(to.clone(), ev);
     }
 }
 
