@@ -21,10 +21,7 @@ async fn malformed_unknown_missing_and_oversized_frames() {
     let node = Node::start_with(&["--max-frame", "2048"]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
-    let conv = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
 
     // Not JSON at all: re null, bad_frame, and the connection stays open.
     ca.send_text_frame("{this is not json").await.unwrap();
@@ -159,7 +156,17 @@ async fn bad_expired_and_missing_tokens_get_401_disabled_users_403() {
         Some(403)
     );
 
-    // The admin API wants its key.
+    // The admin API wants its key, before it even reads the body.
+    let (code, _) = admin
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/users",
+            Some(json!({"nam": "x"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 401);
     let (code, v) = admin
         .raw(
             reqwest::Method::POST,
@@ -200,15 +207,12 @@ async fn outsiders_and_non_admins_are_refused_and_nothing_leaks() {
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let (c, cc) = node.user("Cid", None, WireFormat::Json).await;
-    let conv = ok(
+    let conv = open_conv(
         &ca,
         "group.create",
         json!({"name": "Inner", "kind": "flat"}),
     )
-    .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     ok(&ca, "group.add", json!({"conv": conv, "user": b})).await;
     cb.next_event("member_added", WAIT).await.unwrap();
     ca.next_event("member_added", WAIT).await.unwrap();
@@ -271,10 +275,7 @@ async fn a_slow_reader_is_cut_off_and_the_group_does_not_wait() {
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let (s, slow) = node.user("Slow", None, WireFormat::Json).await;
-    let conv = ok(&ca, "group.create", json!({"name": "Busy", "kind": "flat"})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "group.create", json!({"name": "Busy", "kind": "flat"})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": b})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": s})).await;
     slow.pause_reading();

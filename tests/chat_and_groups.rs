@@ -12,10 +12,7 @@ async fn two_users_chat_over_json() {
     let (a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
 
-    let conv = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
     let again = ok(&cb, "chat.open", json!({"user": a})).await;
     assert_eq!(
         again["conv"],
@@ -48,15 +45,12 @@ async fn fifty_member_group_everyone_gets_every_message_once_in_order() {
     let ids = admin.create_users_bulk(&names, None).await.unwrap();
     let owner = &ids[0];
     let co = node.connect(owner, WireFormat::Json).await;
-    let conv = ok(
+    let conv = open_conv(
         &co,
         "group.create",
         json!({"name": "Fifty", "kind": "flat"}),
     )
-    .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     for u in &ids[1..] {
         ok(&co, "group.add", json!({"conv": conv, "user": u})).await;
     }
@@ -103,10 +97,7 @@ async fn members_come_and_go_with_events() {
     let node = Node::start().await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
-    let conv = ok(&ca, "group.create", json!({"name": "Pair", "kind": "flat"})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "group.create", json!({"name": "Pair", "kind": "flat"})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": b})).await;
     let ev = cb.next_event("member_added", WAIT).await.unwrap();
     assert_eq!(ev["user"], b.as_str());

@@ -18,27 +18,18 @@ async fn outsiders_cannot_read_sync_send_or_list_org_conversations() {
     let (p, cp) = node.user("Pat", None, WireFormat::Json).await;
 
     // Org chat and org group, owned by Acme.
-    let chat = ok(&ca, "chat.open", json!({"user": b, "org": acme})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let private = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let chat = open_conv(&ca, "chat.open", json!({"user": b, "org": acme})).await;
+    let private = open_conv(&ca, "chat.open", json!({"user": b})).await;
     assert_ne!(
         chat, private,
         "the org chat of a pair is not their private chat"
     );
-    let group = ok(
+    let group = open_conv(
         &ca,
         "group.create",
         json!({"name": "Acme team", "kind": "flat", "org": acme}),
     )
-    .await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     ok(&ca, "group.add", json!({"conv": group, "user": b})).await;
     send(&ca, &group, "s1", "org secret").await;
     send(&ca, &chat, "s2", "org chat secret").await;
@@ -117,9 +108,6 @@ async fn outsiders_cannot_read_sync_send_or_list_org_conversations() {
         assert_eq!(c["org"].as_str(), expect_org, "{c}");
     }
     // A private chat across orgs is fine.
-    let cross = ok(&ca, "chat.open", json!({"user": g})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let cross = open_conv(&ca, "chat.open", json!({"user": g})).await;
     send(&cg, &cross, "x1", "hello from Globex").await;
 }

@@ -12,10 +12,7 @@ async fn reconnect_and_sync_returns_exactly_what_was_missed() {
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let (c, cc) = node.user("Cid", None, WireFormat::MsgPack).await;
-    let conv = ok(&ca, "group.create", json!({"name": "Trio", "kind": "flat"})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = open_conv(&ca, "group.create", json!({"name": "Trio", "kind": "flat"})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": b})).await;
     ok(&ca, "group.add", json!({"conv": conv, "user": c})).await;
     for i in 0..3 {
@@ -51,14 +48,8 @@ async fn acked_messages_survive_sigkill_and_retries_are_not_stored_twice() {
     let mut node = Node::start().await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
-    let chat = ok(&ca, "chat.open", json!({"user": b})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let group = ok(&ca, "group.create", json!({"name": "Kept", "kind": "flat"})).await["conv"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let chat = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    let group = open_conv(&ca, "group.create", json!({"name": "Kept", "kind": "flat"})).await;
     ok(&ca, "group.add", json!({"conv": group, "user": b})).await;
 
     // Pipelined sends from two clients; every ack we get must survive the kill.

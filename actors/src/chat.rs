@@ -7,7 +7,8 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Context, ContextFutureSpawner, Handler, WrapFuture,
 };
 
-use crate::conversation::{self, ConvCore, ConvRequest, Conversation, Draft, Loaded};
+use crate::action_book::{self, Reaction};
+use crate::conversation::{self, ConvCore, ConvRequest, Conversation, Draft, Loaded, OriginSpec};
 use crate::engine::Engine;
 use crate::ids;
 use crate::protocol::{ConvOk, ConvType, Id, KResult, KaiwaError, Op, Role};
@@ -121,12 +122,7 @@ impl Handler<OpenChat> for ChatActor {
                 role: *r,
             }));
             store.write(writes).await?;
-            KResult::Ok(Loaded {
-                record,
-                members,
-                last_seq: 0,
-                tail: Vec::new(),
-            })
+            KResult::Ok(Loaded::fresh(record, members))
         };
         create
             .into_actor(self)
@@ -147,14 +143,10 @@ impl Handler<ConvRequest> for ChatActor {
     type Result = ();
 
     fn handle(&mut self, r: ConvRequest, ctx: &mut Context<Self>) {
-        let Some(core) = &self.core else {
-            r.waiter.err(&KaiwaError::not_found("no such conversation"));
+        let Some(core) = conversation::member_gate(self.core.as_ref(), &r.from, &r.waiter) else {
             return;
         };
-        if let Err(e) = rules::membership::require_member(core.role(&r.from)) {
-            r.waiter.err(&e);
-            return;
-        }
+        let log = core.log.log.clone();
         match r.op {
             Op::Send(p) => {
                 if p.to.is_some() {
@@ -162,22 +154,47 @@ impl Handler<ConvRequest> for ChatActor {
                         .err(&KaiwaError::bad_frame("`to` is only for public groups"));
                     return;
                 }
+                if let Err(e) = rules::actions::validate_action(&p.body, ids::now_ms()) {
+                    return r.waiter.err(&e);
+                }
+                let origin = if p.body.is_action() {
+                    OriginSpec::Itself
+                } else {
+                    OriginSpec::None
+                };
                 let draft = Draft {
                     from: r.from,
                     client_msg_id: p.client_msg_id,
                     body: p.body,
                     thread: None,
-                    origin: None,
+                    origin,
                     recipients: core.recipients.clone(),
+                    extra: None,
+                    notify: None,
                 };
                 conversation::append(self, ctx, draft, Some(r.waiter));
             }
-            Op::Sync(p) => {
-                let log = core.log.log.clone();
-                conversation::sync(self, ctx, log, p, r.waiter);
+            Op::Sync(p) => conversation::sync(self, ctx, log, p, r.waiter),
+            Op::ActionRespond(p) => {
+                let reaction = Reaction::Answer(p.answer);
+                action_book::react(self, ctx, log, r.from, p.msg_id, reaction, r.waiter)
             }
-            Op::GroupMembers(_) => r.waiter.ok(&core.members_view()),
-            Op::GroupAdd(_) | Op::GroupRemove(_) => r.waiter.err(&KaiwaError::forbidden(
+            Op::Like(p) => action_book::react(
+                self,
+                ctx,
+                log,
+                r.from,
+                p.msg_id,
+                Reaction::Like(p.on),
+                r.waiter,
+            ),
+            Op::ActionResults(p) => action_book::results(self, ctx, log, p.msg_id, r.waiter),
+            Op::GroupMembers(_) => conversation::members(self, ctx, &r.from, r.waiter),
+            Op::GroupAdd(_)
+            | Op::GroupRemove(_)
+            | Op::GroupChildren(_)
+            | Op::GroupLink(_)
+            | Op::GroupUnlink(_) => r.waiter.err(&KaiwaError::forbidden(
                 "a 1:1 chat has no members to manage",
             )),
             _ => r

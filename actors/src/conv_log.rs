@@ -8,10 +8,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::ids;
-use crate::protocol::{Ack, Body, Id, Message, Origin};
+use tokio::sync::oneshot;
+
+use crate::protocol::{Ack, Id, KResult};
 use crate::reply::Waiter;
 use crate::store::{StoreError, StoredMessage};
+
+/// An in-process requester of an append (e.g. a parent group copying an action down): told the
+/// ack once the message is durable.
+pub type Notify = oneshot::Sender<KResult<Ack>>;
 
 /// A message handed to the store and not yet released.
 struct Pending {
@@ -19,6 +24,7 @@ struct Pending {
     msg: StoredMessage,
     recipients: Arc<[Id]>,
     waiters: Vec<Waiter>,
+    notify: Vec<Notify>,
     result: Option<Result<(), StoreError>>,
 }
 
@@ -27,6 +33,7 @@ pub struct Released {
     pub msg: StoredMessage,
     pub recipients: Arc<[Id]>,
     pub waiters: Vec<Waiter>,
+    pub notify: Vec<Notify>,
     pub result: Result<(), StoreError>,
 }
 
@@ -34,8 +41,8 @@ pub struct Released {
 pub enum Admit {
     /// Already durable: answer with the first ack, store nothing.
     Duplicate(Ack),
-    /// Still being written: the waiter was attached and will get the same ack.
-    InFlight,
+    /// Still being written (this seq): attach the requester with [`ConvLog::attach`].
+    InFlight(u64),
     /// Never seen: append it.
     New,
 }
@@ -101,61 +108,52 @@ impl ConvLog {
     }
 
     /// Checks a send against the idempotency window and the writes in flight.
-    pub fn admit(&mut self, from: &str, client_msg_id: &str, waiter: Option<&Waiter>) -> Admit {
+    pub fn admit(&self, from: &str, client_msg_id: &str) -> Admit {
         let key = (from.to_string(), client_msg_id.to_string());
         if let Some(ack) = self.recent.get(&key) {
             return Admit::Duplicate(ack.clone());
         }
-        if let Some(seq) = self.in_flight.get(&key) {
-            if let Some(p) = self.pending.iter_mut().find(|p| p.seq == *seq) {
-                if let Some(w) = waiter {
-                    p.waiters.push(w.clone());
-                }
-                return Admit::InFlight;
-            }
+        match self.in_flight.get(&key) {
+            Some(seq) => Admit::InFlight(*seq),
+            None => Admit::New,
         }
-        Admit::New
     }
 
-    /// Assigns the next seq to a new message and records it as pending. Returns the stored
-    /// form, to hand to the store, with the epoch to complete it with.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds requesters to a message still being written; they get the same ack.
+    pub fn attach(&mut self, seq: u64, waiter: Option<Waiter>, notify: Option<Notify>) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.seq == seq) {
+            p.waiters.extend(waiter);
+            p.notify.extend(notify);
+        }
+    }
+
+    /// The seq the next appended message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Records a new message as pending; its `seq` must be [`ConvLog::next_seq`]. The caller
+    /// hands `msg` to the store and reports back through [`ConvLog::complete`].
     pub fn append(
         &mut self,
-        conv: &str,
-        from: &str,
-        client_msg_id: &str,
-        body: Body,
-        thread: Option<Id>,
-        origin: Option<Origin>,
+        msg: StoredMessage,
         recipients: Arc<[Id]>,
         waiter: Option<Waiter>,
-    ) -> StoredMessage {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let msg = StoredMessage {
-            msg: Message {
-                conv: conv.to_string(),
-                seq,
-                msg_id: ids::new_msg(),
-                from: from.to_string(),
-                ts: ids::now_ms(),
-                body,
-                thread,
-                origin,
-            },
-            client_msg_id: client_msg_id.to_string(),
-        };
+        notify: Option<Notify>,
+    ) {
+        let seq = msg.msg.seq;
+        debug_assert_eq!(seq, self.next_seq);
+        self.next_seq = seq + 1;
         self.in_flight
-            .insert((from.to_string(), client_msg_id.to_string()), seq);
+            .insert((msg.msg.from.clone(), msg.client_msg_id.clone()), seq);
         self.pending.push_back(Pending {
             seq,
-            msg: msg.clone(),
+            msg,
             recipients,
             waiters: waiter.into_iter().collect(),
+            notify: notify.into_iter().collect(),
             result: None,
         });
-        msg
     }
 
     /// Records the store's answer for `seq` and releases, in order, every message at the front
@@ -187,6 +185,7 @@ impl ConvLog {
                 msg: p.msg,
                 recipients: p.recipients,
                 waiters: p.waiters,
+                notify: p.notify,
                 result,
             });
         }
@@ -205,6 +204,7 @@ impl ConvLog {
                 msg: p.msg,
                 recipients: p.recipients,
                 waiters: p.waiters,
+                notify: p.notify,
                 result: Err(StoreError::Backend(
                     "write abandoned after a store failure".into(),
                 )),
@@ -216,24 +216,29 @@ impl ConvLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Body, Message};
 
     fn log() -> ConvLog {
         ConvLog::new("c".into(), 0, Vec::new(), 100)
     }
 
     fn add(l: &mut ConvLog, cmid: &str) -> u64 {
-        l.append(
-            "c",
-            "u",
-            cmid,
-            Body::Text("x".into()),
-            None,
-            None,
-            Arc::from(vec![]),
-            None,
-        )
-        .msg
-        .seq
+        let seq = l.next_seq();
+        let msg = StoredMessage {
+            msg: Message {
+                conv: "c".into(),
+                seq,
+                msg_id: format!("m{seq}"),
+                from: "u".into(),
+                ts: 0,
+                body: Body::Text("x".into()),
+                thread: None,
+                origin: None,
+            },
+            client_msg_id: cmid.into(),
+        };
+        l.append(msg, Arc::from(vec![]), None, None);
+        seq
     }
 
     #[test]
@@ -254,13 +259,13 @@ mod tests {
     fn a_retry_gets_the_first_ack() {
         let mut l = log();
         add(&mut l, "a");
-        assert!(matches!(l.admit("u", "a", None), Admit::InFlight));
+        assert!(matches!(l.admit("u", "a"), Admit::InFlight(1)));
         l.complete(0, 1, Ok(()));
-        let Admit::Duplicate(ack) = l.admit("u", "a", None) else {
+        let Admit::Duplicate(ack) = l.admit("u", "a") else {
             panic!("not a duplicate")
         };
         assert_eq!(ack.seq, 1);
-        assert!(matches!(l.admit("v", "a", None), Admit::New));
+        assert!(matches!(l.admit("v", "a"), Admit::New));
     }
 
     #[test]
@@ -286,7 +291,7 @@ mod tests {
             add(&mut l, id);
             l.complete(0, i as u64 + 1, Ok(()));
         }
-        assert!(matches!(l.admit("u", "a", None), Admit::New));
-        assert!(matches!(l.admit("u", "c", None), Admit::Duplicate(_)));
+        assert!(matches!(l.admit("u", "a"), Admit::New));
+        assert!(matches!(l.admit("u", "c"), Admit::Duplicate(_)));
     }
 }

@@ -1,20 +1,23 @@
-//! What chats and groups share: the conversation state (record, members, log) and the request
+//! What chats and groups share: the conversation state (record, members, logs) and the request
 //! flows every conversation actor runs the same way — append with durable ack and in-order
-//! fan-out, and paged sync.
+//! fan-out, paged sync, and finding a message by its id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, ActorFutureExt, Context, ContextFutureSpawner, WrapFuture};
 
+use crate::action_book::{ActionBook, ActionInfo};
 use crate::bus::Envelope;
-use crate::conv_log::{Admit, ConvLog, Released};
+use crate::conv_log::{Admit, ConvLog, Notify, Released};
 use crate::engine::Engine;
+use crate::ids;
 use crate::protocol::{
-    Ack, Body, Event, Id, KaiwaError, MemberView, MembersOk, Op, Origin, Role, SharedEvent, SyncOk,
-    SyncReq,
+    Ack, Body, ConvType, Event, Id, KResult, KaiwaError, MemberView, MembersOk, Message, Op,
+    Origin, Role, SharedEvent, SyncOk, SyncReq,
 };
 use crate::reply::Waiter;
+use crate::rules;
 use crate::store::{ConvRecord, StoreResult, StoredMessage, Write};
 
 /// A request a session hands to a conversation actor: who asks, what, and where to answer.
@@ -30,6 +33,21 @@ pub struct ConvRequest {
 pub const SYNC_DEFAULT: usize = 100;
 pub const SYNC_MAX: usize = 1000;
 
+/// The log id of a public group's member thread.
+pub fn thread_log(conv: &str, user: &str) -> Id {
+    format!("{conv}#{user}")
+}
+
+/// Store key prefix of a hierarchical group's links to its children.
+pub fn child_key(parent: &str, child: &str) -> String {
+    format!("child/{parent}/{child}")
+}
+
+/// Store key of an action copy: which local message carries the action `key`.
+pub fn copy_key(conv: &str, key: &str) -> String {
+    format!("copy/{conv}/{key}")
+}
+
 /// The state of one loaded conversation.
 pub struct ConvCore {
     pub engine: Arc<Engine>,
@@ -37,7 +55,15 @@ pub struct ConvCore {
     pub members: BTreeMap<Id, Role>,
     /// Members as a shared list: one allocation, shared by every fan-out until it changes.
     pub recipients: Arc<[Id]>,
+    /// The conversation's log (for public groups: announcements are copied into threads and
+    /// this log stays empty).
     pub log: ConvLog,
+    /// Public groups: one log per member thread, loaded on first use.
+    pub threads: HashMap<Id, ConvLog>,
+    /// Hierarchical groups: the child groups actions flow down to, in id order.
+    pub children: Vec<Id>,
+    /// Reactions (answers, likes, comments) to this conversation's messages.
+    pub book: ActionBook,
 }
 
 /// Everything a conversation actor loads on activation.
@@ -46,6 +72,20 @@ pub struct Loaded {
     pub members: Vec<(Id, Role)>,
     pub last_seq: u64,
     pub tail: Vec<StoredMessage>,
+    pub children: Vec<Id>,
+}
+
+impl Loaded {
+    /// A conversation just created: no messages, no children.
+    pub fn fresh(record: ConvRecord, members: Vec<(Id, Role)>) -> Self {
+        Loaded {
+            record,
+            members,
+            last_seq: 0,
+            tail: Vec::new(),
+            children: Vec::new(),
+        }
+    }
 }
 
 impl ConvCore {
@@ -60,11 +100,20 @@ impl ConvCore {
             .store
             .tail(&id, engine.limits.idempotency_window)
             .await?;
+        let prefix = child_key(&id, "");
+        let children = engine
+            .store
+            .kv_scan(&prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect();
         Ok(Some(Loaded {
             record,
             members,
             last_seq,
             tail,
+            children,
         }))
     }
 
@@ -78,6 +127,9 @@ impl ConvCore {
             members: l.members.into_iter().collect(),
             recipients: Arc::from(Vec::new()),
             log,
+            threads: HashMap::new(),
+            children: l.children,
+            book: ActionBook::default(),
         };
         c.members_changed();
         c
@@ -93,9 +145,34 @@ impl ConvCore {
         self.members.get(user).copied()
     }
 
+    /// Owners and admins.
+    pub fn admins(&self) -> Vec<Id> {
+        self.members
+            .iter()
+            .filter(|(_, r)| r.is_admin())
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
     /// Rebuilds the shared recipient list after a membership change.
     pub fn members_changed(&mut self) {
         self.recipients = self.members.keys().cloned().collect::<Vec<_>>().into();
+    }
+
+    /// The log a message goes to: a member thread, or the conversation's own.
+    pub fn log_mut(&mut self, thread: Option<&str>) -> Option<&mut ConvLog> {
+        match thread {
+            None => Some(&mut self.log),
+            Some(t) => self.threads.get_mut(t),
+        }
+    }
+
+    /// The store id of the log a message of `thread` is in.
+    pub fn log_id(&self, thread: Option<&str>) -> Id {
+        match thread {
+            None => self.record.id.clone(),
+            Some(t) => thread_log(&self.record.id, t),
+        }
     }
 
     /// Publishes an event to a set of users, once, through the bus.
@@ -106,18 +183,40 @@ impl ConvCore {
         });
     }
 
-    /// `group.members`: everyone, with roles.
-    pub fn members_view(&self) -> MembersOk {
-        MembersOk {
-            members: self
-                .members
-                .iter()
-                .map(|(u, r)| MemberView {
-                    user: u.clone(),
-                    role: *r,
-                })
-                .collect(),
+    /// `group.members` as `caller` may see it: in a public group a plain member sees only the
+    /// owner, the admins and themself; phone numbers only where the visibility rules allow.
+    pub fn members_view(
+        &self,
+        caller: &str,
+    ) -> impl std::future::Future<Output = KResult<MembersOk>> + 'static {
+        let kind = self.record.kind;
+        let role = self.role(caller).unwrap_or(Role::Member);
+        let all: Vec<(Id, Role)> = self.members.iter().map(|(u, r)| (u.clone(), *r)).collect();
+        let visible = rules::visibility::visible_members(kind, caller, role, &all);
+        let phones = rules::visibility::phone_visible(kind, role);
+        let store = self.engine.store.clone();
+        async move {
+            let mut members = Vec::with_capacity(visible.len());
+            for (user, role) in visible {
+                let rec = store.user(&user).await?;
+                let (name, phone) = match rec {
+                    Some(r) => (Some(r.name), if phones { r.phone } else { None }),
+                    None => (None, None),
+                };
+                members.push(MemberView {
+                    user,
+                    role,
+                    name,
+                    phone,
+                });
+            }
+            Ok(MembersOk { members })
         }
+    }
+
+    /// True for public groups, whose members never see each other.
+    pub fn is_public(&self) -> bool {
+        self.record.kind == ConvType::Public
     }
 }
 
@@ -130,18 +229,37 @@ pub trait Conversation: Actor<Context = Context<Self>> {
     fn after_release(&mut self, _msg: &StoredMessage, _ctx: &mut Context<Self>) {}
 }
 
+/// Where a new message's `origin` comes from.
+pub enum OriginSpec {
+    /// A plain message: no origin.
+    None,
+    /// An action posted here: its origin is itself.
+    Itself,
+    /// A copy of an action posted elsewhere (a parent group, or a public announcement).
+    Inherit(Origin),
+}
+
+/// Builds writes that must commit with a message (e.g. a pending-cascade marker).
+pub type Extra = Box<dyn FnOnce(&StoredMessage) -> Vec<Write>>;
+
 /// What a new message is.
 pub struct Draft {
     pub from: Id,
     pub client_msg_id: String,
     pub body: Body,
+    /// Public groups: the member thread it goes to.
     pub thread: Option<Id>,
-    pub origin: Option<Origin>,
+    pub origin: OriginSpec,
     pub recipients: Arc<[Id]>,
+    /// More writes to commit atomically with the message, built from the final message.
+    pub extra: Option<Extra>,
+    /// An in-process requester to tell the ack.
+    pub notify: Option<Notify>,
 }
 
 /// Appends a message: assigns its seq now, acks the waiter and fans the message out once the
 /// store has made it durable. A retried `client_msg_id` gets the first ack and stores nothing.
+/// The thread's log must be loaded (see [`with_thread`]).
 pub fn append<A: Conversation>(
     act: &mut A,
     ctx: &mut Context<A>,
@@ -149,98 +267,190 @@ pub fn append<A: Conversation>(
     waiter: Option<Waiter>,
 ) {
     let Some(core) = act.core_mut() else { return };
-    match core.log.admit(&d.from, &d.client_msg_id, waiter.as_ref()) {
+    let conv = core.record.id.clone();
+    let store = core.engine.store.clone();
+    let Some(log) = core.log_mut(d.thread.as_deref()) else {
+        if let Some(w) = waiter {
+            w.err(&KaiwaError::internal("thread log not loaded"));
+        }
+        return;
+    };
+    match log.admit(&d.from, &d.client_msg_id) {
         Admit::Duplicate(ack) => {
             if let Some(w) = waiter {
                 w.ok(&ack);
             }
+            if let Some(n) = d.notify {
+                let _ = n.send(Ok(ack));
+            }
         }
-        Admit::InFlight => {}
+        Admit::InFlight(seq) => log.attach(seq, waiter, d.notify),
         Admit::New => {
-            let conv = core.record.id.clone();
-            let msg = core.log.append(
-                &conv,
-                &d.from,
-                &d.client_msg_id,
-                d.body,
-                d.thread,
-                d.origin,
-                d.recipients,
-                waiter,
+            let seq = log.next_seq();
+            let msg_id = ids::new_msg(seq);
+            let mut writes = Vec::with_capacity(2);
+            let origin = match d.origin {
+                OriginSpec::None => None,
+                OriginSpec::Itself => Some(Origin {
+                    conv: conv.clone(),
+                    msg_id: msg_id.clone(),
+                }),
+                OriginSpec::Inherit(o) => {
+                    writes.push(Write::PutKv {
+                        key: copy_key(&conv, &o.msg_id),
+                        value: msg_id.clone().into_bytes(),
+                    });
+                    Some(o)
+                }
+            };
+            let msg = StoredMessage {
+                msg: Message {
+                    conv,
+                    seq,
+                    msg_id,
+                    from: d.from,
+                    ts: ids::now_ms(),
+                    body: d.body,
+                    thread: d.thread.clone(),
+                    origin,
+                },
+                client_msg_id: d.client_msg_id,
+            };
+            if msg.msg.body.is_action() {
+                if let Some(o) = &msg.msg.origin {
+                    let info = ActionInfo {
+                        body: msg.msg.body.clone(),
+                        creator: msg.msg.from.clone(),
+                        origin: o.clone(),
+                    };
+                    writes.push(info.write(&msg.msg.conv));
+                }
+            }
+            writes.insert(
+                0,
+                Write::Append {
+                    log: log.log.clone(),
+                    msg: msg.clone(),
+                },
             );
-            let (seq, epoch) = (msg.msg.seq, core.log.epoch());
-            let write = core.engine.store.write(vec![Write::Append {
-                log: core.log.log.clone(),
-                msg,
-            }]);
-            write
+            if let Some(extra) = d.extra {
+                writes.extend(extra(&msg));
+            }
+            log.append(msg, d.recipients, waiter, d.notify);
+            let epoch = log.epoch();
+            let thread = d.thread;
+            store
+                .write(writes)
                 .into_actor(act)
                 .map(move |res, act, ctx| {
-                    let released = match act.core_mut() {
-                        Some(core) => core.log.complete(epoch, seq, res),
+                    let released = match act.core_mut().and_then(|c| c.log_mut(thread.as_deref())) {
+                        Some(log) => log.complete(epoch, seq, res),
                         None => return,
                     };
-                    release(act, ctx, released);
+                    release(act, ctx, thread, released);
                 })
                 .spawn(ctx);
         }
     }
 }
 
+fn store_failed() -> KaiwaError {
+    KaiwaError::internal("the message could not be stored; retry")
+}
+
+fn fail(r: Released) {
+    for w in &r.waiters {
+        w.err(&store_failed());
+    }
+    for n in r.notify {
+        let _ = n.send(Err(store_failed()));
+    }
+}
+
 /// Acks and fans out released messages in order; after a failed write, answers `internal` and
 /// reloads the log's position from the store before taking more writes.
-fn release<A: Conversation>(act: &mut A, ctx: &mut Context<A>, released: Vec<Released>) {
+fn release<A: Conversation>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    thread: Option<Id>,
+    released: Vec<Released>,
+) {
     let mut failed = false;
     for r in released {
-        match r.result {
-            Ok(()) => {
-                let ack = Ack {
-                    seq: r.msg.msg.seq,
-                    msg_id: r.msg.msg.msg_id.clone(),
-                    ts: r.msg.msg.ts,
-                };
-                for w in &r.waiters {
-                    w.ok(&ack);
-                }
-                if let Some(core) = act.core_mut() {
-                    core.publish(r.recipients.clone(), Event::Message(r.msg.msg.clone()));
-                }
-                act.after_release(&r.msg, ctx);
-            }
-            Err(e) => {
-                failed = true;
-                tracing::warn!("append failed: {e}");
-                for w in &r.waiters {
-                    w.err(&KaiwaError::internal(
-                        "the message could not be stored; retry",
-                    ));
-                }
-            }
+        if let Err(e) = &r.result {
+            tracing::warn!("append failed: {e}");
+            failed = true;
+            fail(r);
+            continue;
         }
+        let m = &r.msg.msg;
+        let ack = Ack {
+            seq: m.seq,
+            msg_id: m.msg_id.clone(),
+            ts: m.ts,
+        };
+        for w in &r.waiters {
+            w.ok(&ack);
+        }
+        for n in r.notify {
+            let _ = n.send(Ok(ack.clone()));
+        }
+        if let Some(core) = act.core_mut() {
+            core.publish(r.recipients.clone(), Event::Message(r.msg.msg.clone()));
+        }
+        act.after_release(&r.msg, ctx);
     }
     if failed {
         let Some(core) = act.core_mut() else { return };
         let store = core.engine.store.clone();
-        let log = core.log.log.clone();
+        let log = core.log_id(thread.as_deref());
         async move { store.last_seq(&log).await }
             .into_actor(act)
-            .map(|res, act, ctx| match (res, act.core_mut()) {
-                (Ok(last), Some(core)) => {
-                    for r in core.log.reset(last) {
-                        for w in &r.waiters {
-                            w.err(&KaiwaError::internal(
-                                "the message could not be stored; retry",
-                            ));
-                        }
-                    }
+            .map(move |res, act, ctx| {
+                match (
+                    res,
+                    act.core_mut().and_then(|c| c.log_mut(thread.as_deref())),
+                ) {
+                    (Ok(last), Some(log)) => log.reset(last).into_iter().for_each(fail),
+                    _ => ctx.stop(),
                 }
-                _ => ctx.stop(),
             })
             .wait(ctx);
     }
 }
 
-/// `sync`: a page of the log after `after`, for a member.
+/// Runs `f` once the log of `thread` is loaded (public groups load member threads lazily).
+pub fn with_thread<A, F>(act: &mut A, ctx: &mut Context<A>, thread: Option<Id>, f: F)
+where
+    A: Conversation,
+    F: FnOnce(&mut A, &mut Context<A>) + 'static,
+{
+    let Some(core) = act.core_mut() else { return };
+    let Some(t) = thread else { return f(act, ctx) };
+    if core.threads.contains_key(&t) {
+        return f(act, ctx);
+    }
+    let store = core.engine.store.clone();
+    let log = thread_log(&core.record.id, &t);
+    let window = core.engine.limits.idempotency_window;
+    async move {
+        let last = store.last_seq(&log).await?;
+        let tail = store.tail(&log, window).await?;
+        StoreResult::Ok(ConvLog::new(log, last, tail, window))
+    }
+    .into_actor(act)
+    .map(move |res, act, ctx| match (res, act.core_mut()) {
+        (Ok(log), Some(core)) => {
+            core.threads.entry(t).or_insert(log);
+            f(act, ctx);
+        }
+        (Err(e), _) => tracing::error!("thread log failed to load: {e}"),
+        _ => {}
+    })
+    .wait(ctx);
+}
+
+/// `sync`: a page of a log after `after`.
 pub fn sync<A: Conversation>(
     act: &mut A,
     ctx: &mut Context<A>,
@@ -265,4 +475,46 @@ pub fn sync<A: Conversation>(
             Err(e) => waiter.err(&e.into()),
         })
         .spawn(ctx);
+}
+
+/// Reads the message `msg_id` of a log (its seq is part of the id).
+pub async fn find_message(engine: Arc<Engine>, log: Id, msg_id: Id) -> KResult<StoredMessage> {
+    let missing = || KaiwaError::not_found("no such message in this conversation");
+    let seq = ids::seq_of_msg(&msg_id).ok_or_else(missing)?;
+    let (page, _) = engine
+        .store
+        .messages(&log, seq.saturating_sub(1), 1)
+        .await?;
+    page.into_iter()
+        .find(|m| m.msg.msg_id == msg_id)
+        .ok_or_else(missing)
+}
+
+/// `group.members`, answered once the member records are read.
+pub fn members<A: Conversation>(act: &mut A, ctx: &mut Context<A>, caller: &str, waiter: Waiter) {
+    let Some(core) = act.core_mut() else { return };
+    core.members_view(caller)
+        .into_actor(act)
+        .map(move |res, _act, _ctx| waiter.reply(&res))
+        .spawn(ctx);
+}
+
+/// The conversation a request may proceed in: loaded, and the caller a member. Otherwise the
+/// waiter is answered (`not_found` or `forbidden`) and `None` returned.
+pub fn member_gate<'a>(
+    core: Option<&'a ConvCore>,
+    from: &str,
+    waiter: &Waiter,
+) -> Option<&'a ConvCore> {
+    let Some(core) = core else {
+        waiter.err(&KaiwaError::not_found("no such conversation"));
+        return None;
+    };
+    match rules::membership::require_member(core.role(from)) {
+        Ok(_) => Some(core),
+        Err(e) => {
+            waiter.err(&e);
+            None
+        }
+    }
 }

@@ -34,9 +34,15 @@ pub fn new_group() -> Id {
     random(GROUP)
 }
 
-/// A fresh message id; time-ordered so ids sort roughly by creation.
-pub fn new_msg() -> Id {
-    format!("m_{}", uuid::Uuid::now_v7().simple())
+/// The id of the message with `seq` in its log: the seq (so a message is found from its id
+/// without an index) and a random part (so ids cannot be guessed across conversations).
+pub fn new_msg(seq: u64) -> Id {
+    format!("m{seq}_{:016x}", rand::random::<u64>())
+}
+
+/// The seq a message id was made with.
+pub fn seq_of_msg(msg_id: &str) -> Option<u64> {
+    msg_id.strip_prefix('m')?.split_once('_')?.0.parse().ok()
 }
 
 /// The id of the one 1:1 chat of two users, private (`org` = None) or inside an org. The same
@@ -54,6 +60,19 @@ pub fn chat(a: &str, b: &str, org: Option<&str>) -> Id {
     format!("{CHAT}{hex}")
 }
 
+/// The key of a public group's announcement (the `msg_id` of its ack and the `origin` of its
+/// copies): derived from the sender's `client_msg_id`, so a retry names the same announcement.
+pub fn announcement(conv: &str, from: &str, client_msg_id: &str) -> Id {
+    let mut h = Sha256::new();
+    for part in [conv, from, client_msg_id] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("m0_{hex}")
+}
+
 /// Milliseconds since the Unix epoch, the unit of every `ts` and deadline.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -64,6 +83,13 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn message_ids_carry_their_seq() {
+        assert_eq!(super::seq_of_msg(&super::new_msg(42)), Some(42));
+        assert_eq!(super::seq_of_msg("x42_1"), None);
+        assert_eq!(super::seq_of_msg("m_1"), None);
+    }
+
     #[test]
     fn chat_ids_ignore_order_but_not_org() {
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Kaiwa's engine: entity actors (users, chats, groups, orgs, sessions), the pure rules they
 //! enforce, the wire protocol, and the store and bus seams. No HTTP in here.
 
+pub mod action_book;
 pub mod bus;
 pub mod chat;
 pub mod cluster;

@@ -9,7 +9,7 @@ use actix::{
 
 use crate::engine::Engine;
 use crate::outbox::CLOSE_USER_DISABLED;
-use crate::protocol::{ConvSummary, ConvsOk, Id, KResult, KaiwaError};
+use crate::protocol::{ConvSummary, ConvType, ConvsOk, Id, KResult, KaiwaError};
 use crate::reply::Waiter;
 use crate::rules;
 use crate::store::{StoreResult, UserRecord, UserState, Write};
@@ -126,7 +126,12 @@ async fn list_convs(engine: Arc<Engine>, user: Id) -> StoreResult<ConvsOk> {
         let Some(rec) = engine.store.conv(&id).await? else {
             continue;
         };
-        let last_seq = engine.store.last_seq(&id).await?;
+        // A public group's member sees their own thread.
+        let log = match rec.kind {
+            ConvType::Public => crate::conversation::thread_log(&id, &user),
+            _ => id.clone(),
+        };
+        let last_seq = engine.store.last_seq(&log).await?;
         convs.push(ConvSummary {
             conv: rec.id,
             kind: rec.kind,

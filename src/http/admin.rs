@@ -1,7 +1,9 @@
 //! The admin API under `/api/v1`: provisioning of orgs, users, groups and tokens for operators
 //! and load tools. JSON in and out; `Authorization: Bearer <admin key>` on every call.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{middleware, web, HttpRequest, HttpResponse};
 use kaiwa_actors::group::GroupSpec;
 use kaiwa_actors::protocol::{ErrorCode, GroupKind, Id, KResult, KaiwaError};
 use kaiwa_actors::provision::{self, NewOrg, NewUser};
@@ -19,25 +21,45 @@ pub const MAX_BULK: usize = 10_000;
 pub const DEFAULT_TTL_S: u64 = 24 * 3600;
 pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
 
-/// Mounts the admin routes.
+/// Mounts the admin routes; every one of them wants the admin key, checked before anything
+/// else (an unauthenticated caller learns nothing, not even whether its body was well formed).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(8 << 20)
-            .error_handler(|e, _| {
-                let resp = error_response(&KaiwaError::bad_frame(e.to_string()));
-                actix_web::error::InternalError::from_response(e, resp).into()
-            }),
-    )
-    .route("/orgs", web::post().to(create_org))
-    .route("/orgs/{id}", web::get().to(get_org))
-    .route("/users", web::post().to(create_user))
-    .route("/users/bulk", web::post().to(create_users_bulk))
-    .route("/users/{id}", web::get().to(get_user))
-    .route("/users/{id}/state", web::post().to(set_state))
-    .route("/tokens", web::post().to(create_token))
-    .route("/tokens/bulk", web::post().to(create_tokens_bulk))
-    .route("/groups", web::post().to(create_group));
+    let scope = web::scope("/api/v1")
+        .wrap(middleware::from_fn(require_admin_key))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(8 << 20)
+                .error_handler(|e, _| {
+                    let resp = error_response(&KaiwaError::bad_frame(e.to_string()));
+                    actix_web::error::InternalError::from_response(e, resp).into()
+                }),
+        )
+        .route("/orgs", web::post().to(create_org))
+        .route("/orgs/{id}", web::get().to(get_org))
+        .route("/users", web::post().to(create_user))
+        .route("/users/bulk", web::post().to(create_users_bulk))
+        .route("/users/{id}", web::get().to(get_user))
+        .route("/users/{id}/state", web::post().to(set_state))
+        .route("/tokens", web::post().to(create_token))
+        .route("/tokens/bulk", web::post().to(create_tokens_bulk))
+        .route("/groups", web::post().to(create_group));
+    cfg.service(scope);
+}
+
+async fn require_admin_key(
+    req: ServiceRequest,
+    next: middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let st = req.app_data::<web::Data<AppState>>().cloned();
+    let allowed = st.is_some_and(|st| check_key(req.request(), &st).is_ok());
+    if !allowed {
+        let resp = error_response(&KaiwaError::new(
+            ErrorCode::Unauthorized,
+            "admin key required",
+        ));
+        return Ok(req.into_response(resp));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 fn check_key(req: &HttpRequest, st: &AppState) -> KResult<()> {
@@ -68,21 +90,13 @@ fn respond<T: serde::Serialize>(
 const CREATED: actix_web::http::StatusCode = actix_web::http::StatusCode::CREATED;
 const OK: actix_web::http::StatusCode = actix_web::http::StatusCode::OK;
 
-async fn create_org(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<NewOrg>,
-) -> HttpResponse {
-    let r = async {
-        check_key(&req, &st)?;
-        provision::create_org(&st.engine, body.into_inner()).await
-    };
+async fn create_org(st: web::Data<AppState>, body: web::Json<NewOrg>) -> HttpResponse {
+    let r = async { provision::create_org(&st.engine, body.into_inner()).await };
     respond(CREATED, r.await.map(|id| json!({ "id": id })))
 }
 
-async fn get_org(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
+async fn get_org(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let addr = st
             .engine
             .org(&id)
@@ -96,13 +110,8 @@ async fn get_org(req: HttpRequest, st: web::Data<AppState>, id: web::Path<String
     respond(OK, r.await)
 }
 
-async fn create_user(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<NewUser>,
-) -> HttpResponse {
+async fn create_user(st: web::Data<AppState>, body: web::Json<NewUser>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let ids = provision::create_users(&st.engine, vec![body.into_inner()]).await?;
         Ok(json!({ "id": ids[0] }))
     };
@@ -115,13 +124,8 @@ struct BulkUsers {
     users: Vec<NewUser>,
 }
 
-async fn create_users_bulk(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<BulkUsers>,
-) -> HttpResponse {
+async fn create_users_bulk(st: web::Data<AppState>, body: web::Json<BulkUsers>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let users = body.into_inner().users;
         if users.len() > MAX_BULK {
             return Err(KaiwaError::too_large(format!(
@@ -133,13 +137,8 @@ async fn create_users_bulk(
     respond(CREATED, r.await)
 }
 
-async fn get_user(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    id: web::Path<String>,
-) -> HttpResponse {
+async fn get_user(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let addr = st
             .engine
             .user(&id)
@@ -160,13 +159,11 @@ struct StateBody {
 }
 
 async fn set_state(
-    req: HttpRequest,
     st: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Json<StateBody>,
 ) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let addr = st
             .engine
             .user(&id)
@@ -202,15 +199,8 @@ async fn token_for(st: &AppState, user: &str, ttl_s: Option<u64>) -> KResult<Str
         .map_err(|e| KaiwaError::internal(e.to_string()))
 }
 
-async fn create_token(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<TokenBody>,
-) -> HttpResponse {
-    let r = async {
-        check_key(&req, &st)?;
-        Ok(json!({ "token": token_for(&st, &body.user, body.ttl_s).await? }))
-    };
+async fn create_token(st: web::Data<AppState>, body: web::Json<TokenBody>) -> HttpResponse {
+    let r = async { Ok(json!({ "token": token_for(&st, &body.user, body.ttl_s).await? })) };
     respond(CREATED, r.await)
 }
 
@@ -222,13 +212,8 @@ struct BulkTokens {
     ttl_s: Option<u64>,
 }
 
-async fn create_tokens_bulk(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<BulkTokens>,
-) -> HttpResponse {
+async fn create_tokens_bulk(st: web::Data<AppState>, body: web::Json<BulkTokens>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         if body.users.len() > MAX_BULK {
             return Err(KaiwaError::too_large(format!(
                 "at most {MAX_BULK} tokens per call"
@@ -257,13 +242,8 @@ struct GroupBody {
     members: Vec<Id>,
 }
 
-async fn create_group(
-    req: HttpRequest,
-    st: web::Data<AppState>,
-    body: web::Json<GroupBody>,
-) -> HttpResponse {
+async fn create_group(st: web::Data<AppState>, body: web::Json<GroupBody>) -> HttpResponse {
     let r = async {
-        check_key(&req, &st)?;
         let b = body.into_inner();
         if b.members.len() > MAX_BULK {
             return Err(KaiwaError::too_large(format!(

@@ -29,7 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(ws::upgrade))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/metrics", web::get().to(ops::metrics))
-        .service(web::scope("/api/v1").configure(admin::routes));
+        .configure(admin::routes);
 }
 
 /// The HTTP status of an error code.

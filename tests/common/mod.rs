@@ -151,6 +151,14 @@ pub async fn ok(c: &Client, op: &str, params: Value) -> Value {
     }
 }
 
+/// `group.create` or `chat.open`, which must succeed: the conversation id.
+pub async fn open_conv(c: &Client, op: &str, params: Value) -> String {
+    ok(c, op, params).await["conv"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A request that must fail with `code`.
 pub async fn err(c: &Client, op: &str, params: Value, code: &str) {
     match c.request(op, params.clone()).await.unwrap() {

@@ -116,6 +116,12 @@ pub fn decode_request(format: Format, bytes: &[u8]) -> Result<Request, DecodeErr
         "group.members" => Op::GroupMembers(parse(format, bytes).map_err(bad)?),
         "send" => Op::Send(parse(format, bytes).map_err(bad)?),
         "sync" => Op::Sync(parse(format, bytes).map_err(bad)?),
+        "group.children" => Op::GroupChildren(parse(format, bytes).map_err(bad)?),
+        "group.link" => Op::GroupLink(parse(format, bytes).map_err(bad)?),
+        "group.unlink" => Op::GroupUnlink(parse(format, bytes).map_err(bad)?),
+        "action.respond" => Op::ActionRespond(parse(format, bytes).map_err(bad)?),
+        "action.results" => Op::ActionResults(parse(format, bytes).map_err(bad)?),
+        "like" => Op::Like(parse(format, bytes).map_err(bad)?),
         "convs" => Op::Convs,
         "ping" => Op::Ping,
         other => {

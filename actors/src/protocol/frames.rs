@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::actions::{
+    ActionRespond, ActionResponseEvent, ActionResultsEvent, ActionResultsReq, LikeReq,
+};
 use super::body::Body;
 
 /// An entity id (user, org, conversation, message). Opaque to clients.
@@ -95,6 +98,13 @@ pub struct ConvRef {
     pub conv: Id,
 }
 
+/// `group.unlink` (and `group.link`): a parent group and one of its children.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroupLink {
+    pub conv: Id,
+    pub child: Id,
+}
+
 /// `send`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SendMsg {
@@ -138,6 +148,12 @@ pub enum Op {
     Sync(SyncReq),
     Convs,
     Ping,
+    GroupChildren(ConvRef),
+    GroupLink(GroupLink),
+    GroupUnlink(GroupLink),
+    ActionRespond(ActionRespond),
+    ActionResults(ActionResultsReq),
+    Like(LikeReq),
 }
 
 impl Op {
@@ -148,6 +164,11 @@ impl Op {
             Op::GroupMembers(p) => Some(&p.conv),
             Op::Send(p) => Some(&p.conv),
             Op::Sync(p) => Some(&p.conv),
+            Op::GroupChildren(p) => Some(&p.conv),
+            Op::GroupLink(p) | Op::GroupUnlink(p) => Some(&p.conv),
+            Op::ActionRespond(p) => Some(&p.conv),
+            Op::ActionResults(p) => Some(&p.conv),
+            Op::Like(p) => Some(&p.conv),
             _ => None,
         }
     }
@@ -197,6 +218,12 @@ pub struct Ack {
 pub struct MemberView {
     pub user: Id,
     pub role: Role,
+    /// The member's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Shown only where the visibility rules allow (a flat group's owner sees phones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
 }
 
 /// `ok` of `group.members`.
@@ -240,4 +267,12 @@ pub enum Event {
     Message(Message),
     MemberAdded { conv: Id, user: Id },
     MemberRemoved { conv: Id, user: Id },
+    ActionResponse(ActionResponseEvent),
+    ActionResults(ActionResultsEvent),
+}
+
+/// `ok` of `group.children`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildrenOk {
+    pub children: Vec<Id>,
 }
