@@ -91,7 +91,7 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let cluster = Cluster::new(&c.node_id, redis.clone(), hub.clone());
             tracing::info!(node = %c.node_id, redis = %c.redis_url, "joining cluster");
             (
-                RedisStore::new(redis),
+                RedisStore::new(redis, Some(&c.node_id)),
                 Arc::new(ClusterBus(cluster.clone())),
                 Some(cluster),
             )

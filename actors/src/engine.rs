@@ -292,8 +292,18 @@ impl Engine {
     /// After a membership change: forgets the conversation activations that `owned` says
     /// another node owns now, so that the next request for them goes there. Their actors end
     /// once nothing refers to them; the store's append check keeps any late write honest.
-    pub fn retain_owned(&self, owned: impl Fn(&str) -> bool) {
-        self.dir.chats.retain(|id, _| owned(id));
-        self.dir.groups.retain(|id, _| owned(id));
+    /// Returns the ids it forgot.
+    pub fn retain_owned(&self, owned: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let mut keep = |id: &String| {
+            let k = owned(id);
+            if !k {
+                dropped.push(id.clone());
+            }
+            k
+        };
+        self.dir.chats.retain(|id, _| keep(id));
+        self.dir.groups.retain(|id, _| keep(id));
+        dropped
     }
 }

@@ -39,6 +39,7 @@ use crate::hub::Hub;
 use crate::protocol::codec::decode_request;
 use crate::protocol::{Event, Format, Id, KaiwaError, OutFrame, SharedEvent};
 use crate::reply::{ReplyTo, Waiter};
+use crate::store::redis::release_leases;
 use redis_conn::RedisConn;
 
 /// How often a node heartbeats and refreshes its view of the live nodes.
@@ -411,7 +412,13 @@ impl Cluster {
                     // Every tick, not only on a change: a request forwarded here by a node
                     // whose view lagged may have activated something this node does not own.
                     if let Some(engine) = self.engine() {
-                        engine.retain_owned(|id| self.owns(id));
+                        let dropped = engine.retain_owned(|id| self.owns(id));
+                        if !dropped.is_empty() {
+                            let r = release_leases(&self.redis, &self.node, dropped).await;
+                            if let Err(e) = r {
+                                tracing::warn!("leases not released: {e}");
+                            }
+                        }
                     }
                 }
                 Err(e) => {

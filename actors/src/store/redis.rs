@@ -9,7 +9,14 @@
 //! One [`Store::write`] is one Lua script, which Redis runs atomically: it first checks every
 //! append (`seq == last + 1`, refused with a conflict otherwise) and only then applies every
 //! write, so a call applies all of its writes or none. Whichever node appends, the check runs
-//! inside Redis, so a log can never fork. Durability comes from Redis itself: run it with
+//! inside Redis, so a log can never fork.
+//!
+//! Appends are also fenced: a node's append takes (or renews) the conversation's lease
+//! `lease:<conv>` for [`LEASE`], and an append from any other node is refused while the lease is
+//! held. So while ownership moves and two nodes briefly hold an activation of the same
+//! conversation, only one of them writes: the other's writes all fail, none lands after its
+//! client was told it failed, and a retry can never store a message twice. A node gives its
+//! leases up ([`release_leases`]) when it lets go of an activation. Durability comes from Redis itself: run it with
 //! `appendonly yes` and `appendfsync always`, and a reply (hence an ack) follows the fsync.
 
 use std::sync::Arc;
@@ -23,13 +30,19 @@ use crate::cluster::redis_conn::{RedisConn, RedisFailure};
 /// Checks every append of the call, then applies every write. ARGV: prefix, then ops of four
 /// fields each (op, a, b, c). Returns the number of appended messages.
 const WRITE_SCRIPT: &str = r#"
-local p = ARGV[1]
+local p, node, ttl = ARGV[1], ARGV[2], ARGV[3]
 local n = #ARGV
 local planned = {}
-local i = 2
+local i = 4
 while i <= n do
   if ARGV[i] == 'A' then
-    local log, seq = ARGV[i+1], tonumber(ARGV[i+2])
+    local log, seq, conv = ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+4]
+    if node ~= '' then
+      local holder = redis.call('GET', p .. 'lease:' .. conv)
+      if holder and holder ~= node then
+        return redis.error_reply('CONFLICT conversation ' .. conv .. ' is active on ' .. holder)
+      end
+    end
     local cur = planned[log]
     if cur == nil then cur = tonumber(redis.call('GET', p .. 'last:' .. log) or '0') end
     if seq ~= cur + 1 then
@@ -37,12 +50,12 @@ while i <= n do
     end
     planned[log] = seq
   end
-  i = i + 4
+  i = i + 5
 end
 local appended = 0
-i = 2
+i = 4
 while i <= n do
-  local op, a, b, c = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
+  local op, a, b, c, d = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   if op == 'S' then
     redis.call('SET', p .. a, b)
   elseif op == 'M' then
@@ -54,6 +67,9 @@ while i <= n do
   elseif op == 'A' then
     redis.call('ZADD', p .. 'log:' .. a, tonumber(b), c)
     redis.call('SET', p .. 'last:' .. a, b)
+    if node ~= '' then
+      redis.call('SET', p .. 'lease:' .. d, node, 'PX', ttl)
+    end
     appended = appended + 1
   elseif op == 'K' then
     redis.call('SET', p .. 'kv:' .. a, b)
@@ -62,10 +78,23 @@ while i <= n do
     redis.call('DEL', p .. 'kv:' .. a)
     redis.call('ZREM', p .. 'kvkeys', a)
   end
-  i = i + 4
+  i = i + 5
 end
 return appended
 "#;
+
+/// Gives up this node's leases on the conversations in ARGV[3..] (only those it holds).
+const RELEASE_SCRIPT: &str = r#"
+local p, node = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local k = p .. 'lease:' .. ARGV[i]
+  if redis.call('GET', k) == node then redis.call('DEL', k) end
+end
+return 0
+"#;
+
+/// How long a conversation's append lease outlives the holder's last append.
+pub const LEASE: std::time::Duration = std::time::Duration::from_millis(3000);
 
 /// Keys and values of every keyed record whose key starts with ARGV[2] (flat list).
 const SCAN_SCRIPT: &str = r#"
@@ -85,6 +114,8 @@ return out
 /// The Redis-backed store. Cheap to share: clone the `Arc`.
 pub struct RedisStore {
     conn: Arc<RedisConn>,
+    /// The node whose appends take the leases; `None` appends unfenced.
+    node: Option<String>,
     write_script: Arc<redis::Script>,
     scan_script: Arc<redis::Script>,
 }
@@ -125,10 +156,12 @@ fn role_of(c: &str) -> Role {
 }
 
 impl RedisStore {
-    /// A store over `conn`; nothing is read until the first call.
-    pub fn new(conn: Arc<RedisConn>) -> Arc<Self> {
+    /// A store over `conn` for `node` (whose appends take conversation leases; `None` for
+    /// tools that append unfenced); nothing is read until the first call.
+    pub fn new(conn: Arc<RedisConn>, node: Option<&str>) -> Arc<Self> {
         Arc::new(RedisStore {
             conn,
+            node: node.map(str::to_string),
             write_script: Arc::new(redis::Script::new(WRITE_SCRIPT)),
             scan_script: Arc::new(redis::Script::new(SCAN_SCRIPT)),
         })
@@ -174,34 +207,65 @@ impl RedisStore {
     }
 }
 
-/// The script arguments of one write: op and three fields.
+/// Gives up `node`'s append leases on `convs`, so that their new owners may write at once.
+pub async fn release_leases(
+    conn: &RedisConn,
+    node: &str,
+    convs: Vec<Id>,
+) -> Result<(), RedisFailure> {
+    if convs.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec![conn.prefix.clone(), node.to_string()];
+    args.extend(convs);
+    conn.call(move |mut c| async move {
+        let script = redis::Script::new(RELEASE_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        for a in &args {
+            inv.arg(a.as_str());
+        }
+        inv.invoke_async::<i64>(&mut *c).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The script arguments of one write: op and four fields.
 fn encode_write(w: &Write, args: &mut Vec<Vec<u8>>, stored: &mut u64) -> StoreResult<()> {
     let s = |v: &str| v.as_bytes().to_vec();
-    let mut push = |op: &str, a: Vec<u8>, b: Vec<u8>, c: Vec<u8>| {
+    let mut push = |op: &str, a: Vec<u8>, b: Vec<u8>, c: Vec<u8>, d: Vec<u8>| {
         args.push(s(op));
         args.push(a);
         args.push(b);
         args.push(c);
+        args.push(d);
     };
     match w {
-        Write::PutUser(u) => push("S", s(&format!("user:{}", u.id)), enc(u)?, vec![]),
-        Write::PutOrg(o) => push("S", s(&format!("org:{}", o.id)), enc(o)?, vec![]),
-        Write::PutConv(c) => push("S", s(&format!("conv:{}", c.id)), enc(c)?, vec![]),
-        Write::PutMember { conv, user, role } => push("M", s(conv), s(user), s(role_code(*role))),
-        Write::RemoveMember { conv, user } => push("R", s(conv), s(user), vec![]),
+        Write::PutUser(u) => push("S", s(&format!("user:{}", u.id)), enc(u)?, vec![], vec![]),
+        Write::PutOrg(o) => push("S", s(&format!("org:{}", o.id)), enc(o)?, vec![], vec![]),
+        Write::PutConv(c) => push("S", s(&format!("conv:{}", c.id)), enc(c)?, vec![], vec![]),
+        Write::PutMember { conv, user, role } => {
+            push("M", s(conv), s(user), s(role_code(*role)), vec![])
+        }
+        Write::RemoveMember { conv, user } => push("R", s(conv), s(user), vec![], vec![]),
         Write::Append { log, msg } => {
             *stored += 1;
-            push("A", s(log), s(&msg.msg.seq.to_string()), enc(msg)?)
+            let seq = s(&msg.msg.seq.to_string());
+            push("A", s(log), seq, enc(msg)?, s(&msg.msg.conv))
         }
-        Write::PutKv { key, value } => push("K", s(key), value.clone(), vec![]),
-        Write::DeleteKv { key } => push("D", s(key), vec![], vec![]),
+        Write::PutKv { key, value } => push("K", s(key), value.clone(), vec![], vec![]),
+        Write::DeleteKv { key } => push("D", s(key), vec![], vec![], vec![]),
     }
     Ok(())
 }
 
 impl Store for RedisStore {
     fn write(&self, writes: Vec<Write>) -> StoreFuture<()> {
-        let mut args = vec![self.conn.prefix.as_bytes().to_vec()];
+        let mut args = vec![
+            self.conn.prefix.as_bytes().to_vec(),
+            self.node.clone().unwrap_or_default().into_bytes(),
+            LEASE.as_millis().to_string().into_bytes(),
+        ];
         let mut stored = 0;
         for w in &writes {
             if let Err(e) = encode_write(w, &mut args, &mut stored) {
@@ -374,7 +438,12 @@ mod tests {
     }
 
     fn open(r: &TestRedis) -> Arc<RedisStore> {
-        RedisStore::new(RedisConn::open(&r.url(), "t:").unwrap())
+        RedisStore::new(RedisConn::open(&r.url(), "t:").unwrap(), None)
+    }
+
+    fn open_as(r: &TestRedis, node: &str) -> (Arc<RedisConn>, Arc<RedisStore>) {
+        let conn = RedisConn::open(&r.url(), "t:").unwrap();
+        (conn.clone(), RedisStore::new(conn, Some(node)))
     }
 
     #[test]
@@ -566,5 +635,27 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 2);
+    }
+
+    /// While one node holds a conversation's lease, another node's appends are refused even
+    /// when their seq is right; once the holder lets go, the other may write.
+    #[test]
+    fn appends_are_fenced_by_the_holders_lease() {
+        let r = TestRedis::start();
+        let rt = rt();
+        let (c1, n1) = open_as(&r, "n1");
+        let (_c2, n2) = open_as(&r, "n2");
+        rt.block_on(n1.write(vec![msg("c", 1)])).unwrap();
+        let e = rt.block_on(n2.write(vec![msg("c", 2)])).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(ref m) if m.contains("n1")),
+            "{e}"
+        );
+        rt.block_on(n1.write(vec![msg("c", 2)])).unwrap();
+        rt.block_on(release_leases(&c1, "n1", vec!["c".into()]))
+            .unwrap();
+        rt.block_on(n2.write(vec![msg("c", 3)])).unwrap();
+        assert!(rt.block_on(n1.write(vec![msg("c", 4)])).is_err());
+        assert_eq!(rt.block_on(n1.last_seq("c")).unwrap(), 3);
     }
 }
