@@ -77,13 +77,26 @@ pub async fn upgrade(
     let Some(user) = st.engine.user(&claims.sub) else {
         return unauthorized("token names no user");
     };
-    match user.send(Attach).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Ok(error_response(&e)),
-        Err(_) => {
-            return Ok(error_response(&KaiwaError::internal(
-                "user actor unavailable",
-            )))
+    if st.engine.cluster().is_some() {
+        // Another node may have changed the user's state: read it from the shared store
+        // rather than from this node's cached user actor.
+        let checked = match st.engine.store.user(&claims.sub).await {
+            Ok(Some(rec)) => kaiwa_actors::rules::user_state::can_connect(rec.state),
+            Ok(None) => Err(KaiwaError::new(ErrorCode::Unauthorized, "no such user")),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = checked {
+            return Ok(error_response(&e));
+        }
+    } else {
+        match user.send(Attach).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Ok(error_response(&e)),
+            Err(_) => {
+                return Ok(error_response(&KaiwaError::internal(
+                    "user actor unavailable",
+                )))
+            }
         }
     }
 
