@@ -46,7 +46,8 @@ impl Drop for RedisConn {
     }
 }
 
-fn classify(e: deadpool_redis::redis::RedisError) -> RedisFailure {
+/// Tells an unreachable Redis from an error reply.
+pub fn classify(e: deadpool_redis::redis::RedisError) -> RedisFailure {
     if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

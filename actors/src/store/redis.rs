@@ -6,6 +6,11 @@
 //! `log:<log>` a sorted set of messages scored by seq with `last:<log>` its last seq; `kv:<key>`
 //! the keyed records with `kvkeys` a lexically sorted index for prefix scans.
 //!
+//! Writes are sent in the order they are made, by one writer task that pipelines everything
+//! queued over one connection (a conversation hands its next append to the store before the
+//! previous one is durable, and Redis must see them in seq order). Redis fsyncs the AOF once
+//! per event-loop turn, so a pipeline of many writes shares one fsync: group commit.
+//!
 //! One [`Store::write`] is one Lua script, which Redis runs atomically: it first checks every
 //! append (`seq == last + 1`, refused with a conflict otherwise) and only then applies every
 //! write, so a call applies all of its writes or none. Whichever node appends, the check runs
@@ -116,8 +121,75 @@ pub struct RedisStore {
     conn: Arc<RedisConn>,
     /// The node whose appends take the leases; `None` appends unfenced.
     node: Option<String>,
-    write_script: Arc<redis::Script>,
+    writes: tokio::sync::mpsc::UnboundedSender<WriteJob>,
     scan_script: Arc<redis::Script>,
+}
+
+/// One `write` call: the write script's arguments and where to answer.
+struct WriteJob {
+    args: Vec<Vec<u8>>,
+    done: tokio::sync::oneshot::Sender<Result<u64, RedisFailure>>,
+}
+
+/// Most write calls one pipeline carries.
+const MAX_BATCH: usize = 512;
+
+/// Sends queued writes in order, everything queued in one pipeline, and answers each caller
+/// with its own script's result.
+async fn writer(conn: Arc<RedisConn>, mut rx: tokio::sync::mpsc::UnboundedReceiver<WriteJob>) {
+    let script = redis::Script::new(WRITE_SCRIPT);
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        // Loading is idempotent and cheap; it makes EVALSHA safe after a Redis restart.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(WRITE_SCRIPT).ignore();
+        for j in &jobs {
+            let c = pipe.cmd("EVALSHA").arg(script.get_hash()).arg(0);
+            for a in &j.args {
+                c.arg(a.as_slice());
+            }
+        }
+        let n = jobs.len();
+        let pool = conn.pool.clone();
+        let sent = async move {
+            let mut c = pool
+                .get()
+                .await
+                .map_err(|e| RedisFailure::Unavailable(e.to_string()))?;
+            let r: Vec<redis::RedisResult<u64>> = pipe
+                .query_async(&mut *c)
+                .await
+                .map_err(crate::cluster::redis_conn::classify)?;
+            Ok::<_, RedisFailure>(r)
+        };
+        let started = std::time::Instant::now();
+        let res = match tokio::time::timeout(crate::cluster::redis_conn::CALL_TIMEOUT, sent).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisFailure::Unavailable("write timed out".into())),
+        };
+        metrics::histogram!("kaiwa_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("kaiwa_store_batch_writes").record(n as f64);
+        match res {
+            Ok(results) if results.len() == n => {
+                for (j, r) in jobs.drain(..).zip(results) {
+                    let _ = j.done.send(r.map_err(crate::cluster::redis_conn::classify));
+                }
+            }
+            Ok(_) => {
+                for j in jobs.drain(..) {
+                    let _ = j
+                        .done
+                        .send(Err(RedisFailure::Reply("short pipeline reply".into())));
+                }
+            }
+            Err(e) => {
+                for j in jobs.drain(..) {
+                    let _ = j.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -159,10 +231,12 @@ impl RedisStore {
     /// A store over `conn` for `node` (whose appends take conversation leases; `None` for
     /// tools that append unfenced); nothing is read until the first call.
     pub fn new(conn: Arc<RedisConn>, node: Option<&str>) -> Arc<Self> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        conn.spawn(writer(conn.clone(), rx));
         Arc::new(RedisStore {
             conn,
             node: node.map(str::to_string),
-            write_script: Arc::new(redis::Script::new(WRITE_SCRIPT)),
+            writes: tx,
             scan_script: Arc::new(redis::Script::new(SCAN_SCRIPT)),
         })
     }
@@ -272,22 +346,13 @@ impl Store for RedisStore {
                 return std::future::ready(Err(e)).boxed();
             }
         }
-        let script = self.write_script.clone();
-        let f = self.conn.call(move |mut c| async move {
-            let mut inv = script.prepare_invoke();
-            for a in &args {
-                inv.arg(a.as_slice());
-            }
-            let n: u64 = inv.invoke_async(&mut *c).await?;
-            Ok(n)
-        });
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self.writes.send(WriteJob { args, done }).is_err() {
+            return std::future::ready(Err(backend("store writer stopped"))).boxed();
+        }
         async move {
-            let started = std::time::Instant::now();
-            let r = f.await.map_err(failure);
-            metrics::histogram!("kaiwa_store_commit_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("kaiwa_store_batch_writes").record(writes.len() as f64);
-            let n = r?;
+            let n = rx.await.map_err(|_| backend("store writer stopped"))?;
+            let n = n.map_err(failure)?;
             metrics::counter!("kaiwa_messages_stored_total").increment(n.min(stored));
             Ok(())
         }
@@ -657,5 +722,18 @@ mod tests {
         rt.block_on(n2.write(vec![msg("c", 3)])).unwrap();
         assert!(rt.block_on(n1.write(vec![msg("c", 4)])).is_err());
         assert_eq!(rt.block_on(n1.last_seq("c")).unwrap(), 3);
+    }
+
+    /// A conversation hands the store its next appends before the earlier ones are durable:
+    /// they must reach Redis in the order they were made.
+    #[test]
+    fn writes_in_flight_apply_in_call_order() {
+        let r = TestRedis::start();
+        let rt = rt();
+        let s = open(&r);
+        let pending: Vec<_> = (1..=500).map(|seq| s.write(vec![msg("p", seq)])).collect();
+        let results = rt.block_on(futures_util::future::join_all(pending));
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(rt.block_on(s.last_seq("p")).unwrap(), 500);
     }
 }
