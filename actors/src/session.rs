@@ -141,10 +141,14 @@ impl Session {
 }
 
 /// The entity whose single activation must answer `op` from `user`: the conversation it
-/// addresses, or the chat it opens. `None` for ops any node answers.
+/// addresses, the chat it opens, or the parent of the group it creates. `None` for ops any
+/// node answers.
 pub fn placed_entity(user: &str, op: &Op) -> Option<String> {
     match op {
         Op::ChatOpen(p) => Some(ids::chat(user, &p.user, p.org.as_deref())),
+        // A child group is created on its parent's node, so that the tree starts out on one
+        // node and its parent/child messages stay local.
+        Op::GroupCreate(p) => p.parent.clone(),
         op => op.conv().map(str::to_string),
     }
 }
