@@ -291,3 +291,45 @@ async fn a_node_rides_out_a_redis_restart() {
     assert_eq!(got[0]["body"]["text"], "after");
     assert_eq!(sync_all(&cb, &conv, 0).await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_request_forwarded_to_a_frozen_owner_is_answered_not_left_hanging() {
+    let redis = Redis::start();
+    let nodes = start_cluster(&redis, 2).await;
+    let (_a, ca) = nodes[1].user("Ann", None, WireFormat::Json).await;
+    let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
+    // Created through a client of n2, so n2 owns it; Bob's requests from n1 are forwarded.
+    let group = conv_of(
+        &ok(
+            &ca,
+            "group.create",
+            json!({"name": "Frozen", "kind": "flat"}),
+        )
+        .await,
+    );
+    ok(&ca, "group.add", json!({"conv": group, "user": b})).await;
+    let cb = nodes[0].connect(&b, WireFormat::Json).await;
+    assert_eq!(send(&cb, &group, "1", "forwarded").await, 1);
+
+    let pid = nodes[1].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let r = cb
+        .request(
+            "send",
+            json!({"conv": group, "client_msg_id": "2", "body": {"text": "frozen"}}),
+        )
+        .await;
+    signal("-CONT");
+    match r {
+        Ok(Err(e)) => assert_eq!(e.code, "internal"),
+        other => panic!("expected an internal error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+}

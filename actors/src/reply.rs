@@ -54,7 +54,7 @@ impl Waiter {
                 node,
                 user,
                 conn,
-            } => cluster.reply(node, user, *conn, frame),
+            } => cluster.reply(node, user, *conn, self.re, frame),
         }
     }
 

@@ -48,6 +48,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 pub const NODE_TTL: Duration = Duration::from_millis(3000);
 /// Most jobs the publisher sends in one pipeline.
 const PUBLISH_BATCH: usize = 512;
+/// How long a forwarded request waits for the owner's reply before it is answered `internal`
+/// (the owner may have died with it).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What travels between nodes, MessagePack-encoded (rmp-serde, named fields).
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,10 +65,11 @@ enum Wire {
         binary: bool,
         frame: Bytes,
     },
-    /// The encoded reply to a forwarded request, for one connection of the receiving node.
+    /// The encoded reply to request `re` forwarded by connection `conn` of the receiving node.
     Reply {
         user: Id,
         conn: u64,
+        re: u64,
         binary: bool,
         data: Bytes,
     },
@@ -102,6 +106,8 @@ pub struct Cluster {
     presence: DashMap<Id, HashSet<String>>,
     /// Users with a session on this node, as announced.
     local_users: DashMap<Id, ()>,
+    /// Forwarded requests still waiting for their reply, by (connection, request id).
+    forwarded: DashMap<(u64, u64), (Instant, Waiter)>,
     heartbeat_ok: AtomicBool,
     subscribed: AtomicBool,
     /// Woken when Redis seems gone, so the subscriber reconnects at once.
@@ -149,6 +155,7 @@ impl Cluster {
             live: RwLock::new(Arc::new(vec![node.to_string()])),
             presence: DashMap::new(),
             local_users: DashMap::new(),
+            forwarded: DashMap::new(),
             heartbeat_ok: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             resubscribe: Notify::new(),
@@ -171,6 +178,30 @@ impl Cluster {
         self.redis.spawn(self.clone().publisher(rx));
         self.redis.spawn(self.clone().heartbeat());
         self.redis.spawn(self.clone().subscriber());
+        self.redis.spawn(self.clone().expire_forwards());
+    }
+
+    /// Answers `internal` to forwarded requests whose reply is overdue.
+    async fn expire_forwards(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut late = Vec::new();
+            self.forwarded.retain(|_, (deadline, w)| {
+                if *deadline <= now {
+                    late.push(w.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for w in late {
+                w.err(&KaiwaError::internal(
+                    "no answer from the node that owns this conversation; retry",
+                ));
+            }
+        }
     }
 
     fn engine(&self) -> Option<Arc<Engine>> {
@@ -231,15 +262,28 @@ impl Cluster {
             binary,
             frame,
         };
+        self.forwarded.insert(
+            (conn.id, waiter.re),
+            (Instant::now() + FORWARD_TIMEOUT, waiter.clone()),
+        );
         self.send(self.inbox(owner), &wire, Some(waiter));
     }
 
-    /// Sends the reply of a forwarded request back to the connection's node.
-    pub fn reply(&self, node: &str, user: &str, conn: u64, frame: OutFrame) {
+    /// Answers a forwarded request `internal` unless it was answered already.
+    fn fail_forward(&self, w: &Waiter, why: &str) {
+        let ReplyTo::Local(conn) = &w.to else { return };
+        if self.forwarded.remove(&(conn.id, w.re)).is_some() {
+            w.err(&KaiwaError::internal(why));
+        }
+    }
+
+    /// Sends the reply to request `re` back to the connection's node.
+    pub fn reply(&self, node: &str, user: &str, conn: u64, re: u64, frame: OutFrame) {
         metrics::counter!("kaiwa_remote_sends_total", "kind" => "reply").increment(1);
         let wire = Wire::Reply {
             user: user.to_string(),
             conn,
+            re,
             binary: frame.binary,
             data: frame.data,
         };
@@ -347,16 +391,17 @@ impl Cluster {
                 Ok(counts) => {
                     for (i, w) in checks {
                         if counts.get(i).copied().unwrap_or(0) == 0 {
-                            w.err(&KaiwaError::internal(
+                            self.fail_forward(
+                                &w,
                                 "the node that owns this conversation is unreachable; retry",
-                            ));
+                            );
                         }
                     }
                 }
                 Err(e) => {
                     tracing::warn!("bus publish failed: {e}");
                     for (_, w) in checks {
-                        w.err(&KaiwaError::internal("cluster bus unavailable; retry"));
+                        self.fail_forward(&w, "cluster bus unavailable; retry");
                     }
                 }
             }
@@ -533,9 +578,14 @@ impl Cluster {
             Wire::Reply {
                 user,
                 conn,
+                re,
                 binary,
                 data,
             } => {
+                // A reply after the request timed out was answered already.
+                if self.forwarded.remove(&(conn, re)).is_none() {
+                    return;
+                }
                 if let Some(c) = self.hub.conns_of(&user).into_iter().find(|c| c.id == conn) {
                     c.outbox.push(OutFrame { data, binary });
                 }
