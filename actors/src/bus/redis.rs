@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use super::{Bus, Envelope};
 use crate::cluster::redis_conn::CALL_TIMEOUT;
 use crate::cluster::Cluster;
-use crate::protocol::{Event, Id, SharedEvent};
+use crate::entity_call::{EntityAnswer, EntityCall};
+use crate::protocol::{Event, Id, KResult, SharedEvent};
 use crate::reply::Waiter;
 
 /// Most jobs the publisher sends in one pipeline.
@@ -44,6 +45,20 @@ pub(crate) enum Wire {
         binary: bool,
         data: Bytes,
     },
+    /// An admin request for a user or org the receiving node owns; answered with
+    /// [`Wire::Answer`] to `node`'s inbox.
+    Call {
+        node: String,
+        id: u64,
+        call: EntityCall,
+    },
+    /// The owner's answer to call `id` of the receiving node.
+    Answer {
+        id: u64,
+        answer: KResult<EntityAnswer>,
+    },
+    /// The user was suspended or deleted: the receiving node closes the user's sessions.
+    CloseUser { user: Id },
     /// A user's sessions on `node` started (`online`) or all ended.
     Presence {
         node: String,
@@ -52,13 +67,21 @@ pub(crate) enum Wire {
     },
 }
 
+/// A request sent to another node that waits for its answer.
+pub(crate) enum Pending {
+    /// A client's request forwarded as it was sent.
+    Request(Waiter),
+    /// An admin call, by id.
+    Call(u64),
+}
+
 /// Work for the publisher task, sent in order.
 pub(crate) enum Job {
     Publish {
         channel: String,
         payload: Vec<u8>,
         /// Told when nobody received the message (the owner is gone) or Redis failed.
-        on_fail: Option<Waiter>,
+        on_fail: Option<Pending>,
     },
     /// Re-checks whether the user still has a session here and announces the truth.
     Presence(Id),
@@ -82,7 +105,7 @@ impl Cluster {
     }
 
     /// Queues `wire` for publishing on `channel`; `on_fail` hears if nobody received it.
-    pub(crate) fn send(&self, channel: String, wire: &Wire, on_fail: Option<Waiter>) {
+    pub(crate) fn send(&self, channel: String, wire: &Wire, on_fail: Option<Pending>) {
         match rmp_serde::to_vec_named(wire) {
             Ok(payload) => {
                 let _ = self.jobs.send(Job::Publish {
@@ -116,7 +139,7 @@ impl Cluster {
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
             let mut pipe = redis::pipe();
             // Per job: the index of its PUBLISH reply, when it needs checking.
-            let mut checks: Vec<(usize, Waiter)> = Vec::new();
+            let mut checks: Vec<(usize, Pending)> = Vec::new();
             let mut replies = 0usize;
             let mut published = 0u64;
             for job in batch.drain(..) {
@@ -150,9 +173,9 @@ impl Cluster {
                 Ok(counts) => {
                     for (i, w) in checks {
                         if counts.get(i).copied().unwrap_or(0) == 0 {
-                            self.fail_forward(
+                            self.fail_pending(
                                 &w,
-                                "the node that owns this conversation is unreachable; retry",
+                                "the node that owns this entity is unreachable; retry",
                             );
                         }
                     }
@@ -160,7 +183,7 @@ impl Cluster {
                 Err(e) => {
                     tracing::warn!("bus publish failed: {e}");
                     for (_, w) in checks {
-                        self.fail_forward(&w, "cluster bus unavailable; retry");
+                        self.fail_pending(&w, "cluster bus unavailable; retry");
                     }
                 }
             }
@@ -235,6 +258,9 @@ impl Cluster {
                 binary,
                 frame,
             } => self.on_request(node, user, conn, binary, frame),
+            Wire::Call { node, id, call } => self.on_call(node, id, call),
+            Wire::Answer { id, answer } => self.on_answer(id, answer),
+            Wire::CloseUser { user } => self.close_local_sessions(&user),
             Wire::Presence { node, user, online } => self.on_presence(node, user, online),
         }
     }

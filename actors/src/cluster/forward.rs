@@ -1,18 +1,22 @@
 //! Forwarding: a request for an entity owned by another node travels there as the client sent
 //! it; the owner runs it against its activation and answers through a [`Waiter`] whose target
 //! is the connection on the first node, and the reply travels back through that node's inbox.
-//! A forwarded request that gets no reply in time is answered `internal` so that the client
+//! Admin calls to user and org actors ([`EntityCall`]) travel the same way, and their answer
+//! comes back to the awaiting caller. A forwarded request that gets no reply in time is answered `internal` so that the client
 //! retries, rather than left hanging.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::Cluster;
-use crate::bus::redis::Wire;
+use crate::bus::redis::{Pending, Wire};
+use crate::entity_call::{EntityAnswer, EntityCall};
 use crate::protocol::codec::decode_request;
-use crate::protocol::{Format, Id, KaiwaError, OutFrame};
+use crate::protocol::{Format, Id, KResult, KaiwaError, OutFrame};
 use crate::reply::{ReplyTo, Waiter};
 
 /// How long a forwarded request waits for the owner's reply before it is answered `internal`
@@ -38,14 +42,69 @@ impl Cluster {
             (conn.id, waiter.re),
             (Instant::now() + FORWARD_TIMEOUT, waiter.clone()),
         );
-        self.send(self.inbox(owner), &wire, Some(waiter));
+        self.send(self.inbox(owner), &wire, Some(Pending::Request(waiter)));
     }
 
-    /// Answers a forwarded request `internal` unless it was answered already.
-    pub(crate) fn fail_forward(&self, w: &Waiter, why: &str) {
-        let ReplyTo::Local(conn) = &w.to else { return };
-        if self.forwarded.remove(&(conn.id, w.re)).is_some() {
-            w.err(&KaiwaError::internal(why));
+    /// Answers a request sent to another node `internal` unless it was answered already.
+    pub(crate) fn fail_pending(&self, p: &Pending, why: &str) {
+        match p {
+            Pending::Request(w) => {
+                let ReplyTo::Local(conn) = &w.to else { return };
+                if self.forwarded.remove(&(conn.id, w.re)).is_some() {
+                    w.err(&KaiwaError::internal(why));
+                }
+            }
+            Pending::Call(id) => {
+                if let Some((_, tx)) = self.calls.remove(id) {
+                    let _ = tx.send(Err(KaiwaError::internal(why)));
+                }
+            }
+        }
+    }
+
+    /// Sends an admin call to `owner`, the node that owns its entity, and waits for the
+    /// answer; `internal` when none comes within [`FORWARD_TIMEOUT`].
+    pub async fn call_remote(&self, owner: &str, call: EntityCall) -> KResult<EntityAnswer> {
+        metrics::counter!("kaiwa_remote_sends_total", "kind" => "request").increment(1);
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls.insert(id, tx);
+        let wire = Wire::Call {
+            node: self.node.clone(),
+            id,
+            call,
+        };
+        self.send(self.inbox(owner), &wire, Some(Pending::Call(id)));
+        match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.calls.remove(&id);
+                Err(KaiwaError::internal(
+                    "no answer from the node that owns this entity; retry",
+                ))
+            }
+        }
+    }
+
+    /// An admin call another node sent here: runs it on this node's activation and sends
+    /// the answer back.
+    pub(crate) fn on_call(&self, node: String, id: u64, call: EntityCall) {
+        let Some(engine) = self.engine() else { return };
+        let Some(cluster) = engine.cluster().cloned() else {
+            return;
+        };
+        self.redis.spawn(async move {
+            let answer = crate::entity_call::run_here(&engine, call).await;
+            metrics::counter!("kaiwa_remote_sends_total", "kind" => "reply").increment(1);
+            let wire = Wire::Answer { id, answer };
+            cluster.send(cluster.inbox(&node), &wire, None);
+        });
+    }
+
+    /// The owner's answer to an admin call of this node.
+    pub(crate) fn on_answer(&self, id: u64, answer: KResult<EntityAnswer>) {
+        if let Some((_, tx)) = self.calls.remove(&id) {
+            let _ = tx.send(answer);
         }
     }
 

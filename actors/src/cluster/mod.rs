@@ -4,12 +4,13 @@
 //!
 //! - [`membership`]: every node heartbeats into the sorted set `nodes` and reads back the live
 //!   ones; a node that stops heartbeating drops out after [`NODE_TTL`].
-//! - [`placement`]: each placed entity has one activation, on the live node that rendezvous
+//! - [`placement`]: each entity (user, org, chat, group) has one activation, on the live node that rendezvous
 //!   hashing of its id picks ([`Cluster::owner`]).
 //! - [`presence`]: every node keeps a replica of which node hosts a session of which user, so
 //!   that an event crosses to a node only when a recipient is there.
 //! - [`forward`]: a request for an entity owned elsewhere travels to the owner as the client
-//!   sent it, and the owner's reply comes back to the client's connection.
+//!   sent it, and the owner's reply comes back to the client's connection; admin calls to
+//!   user and org actors travel the same way and their answer comes back to the caller.
 //! - The Redis pub/sub transport all of them use is [`crate::bus::redis`].
 //!
 //! Failures: pub/sub may drop messages (sync by seq repairs it); every Redis call has a
@@ -25,18 +26,19 @@ pub mod redis_conn;
 pub mod test_redis;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::bus::redis::Job;
 use crate::engine::Engine;
+use crate::entity_call::EntityAnswer;
 use crate::hub::Hub;
-use crate::protocol::Id;
+use crate::protocol::{Id, KResult};
 use crate::reply::Waiter;
 use redis_conn::RedisConn;
 
@@ -60,6 +62,9 @@ pub struct Cluster {
     pub(crate) local_users: DashMap<Id, ()>,
     /// Forwarded requests still waiting for their reply, by (connection, request id).
     pub(crate) forwarded: DashMap<(u64, u64), (Instant, Waiter)>,
+    /// Admin calls sent to owner nodes, waiting for their answer, by call id.
+    pub(crate) calls: DashMap<u64, oneshot::Sender<KResult<EntityAnswer>>>,
+    pub(crate) next_call: AtomicU64,
     pub(crate) heartbeat_ok: AtomicBool,
     pub(crate) subscribed: AtomicBool,
     /// Woken when Redis seems gone, so the subscriber reconnects at once.
@@ -84,6 +89,8 @@ impl Cluster {
             presence: DashMap::new(),
             local_users: DashMap::new(),
             forwarded: DashMap::new(),
+            calls: DashMap::new(),
+            next_call: AtomicU64::new(1),
             heartbeat_ok: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             resubscribe: Notify::new(),

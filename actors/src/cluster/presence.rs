@@ -8,6 +8,7 @@ use deadpool_redis::redis;
 
 use super::Cluster;
 use crate::bus::redis::Wire;
+use crate::outbox::CLOSE_USER_DISABLED;
 use crate::protocol::Id;
 
 impl Cluster {
@@ -86,6 +87,27 @@ impl Cluster {
         let live = self.live_nodes();
         per_node.retain(|node, _| *node != self.node && live.contains(node));
         per_node
+    }
+
+    /// Closes every session of `user` in the cluster (suspended or deleted): those of this
+    /// node at once, and those of every other node that hosts one, through its inbox.
+    pub fn close_user_everywhere(&self, user: &str) {
+        self.close_local_sessions(user);
+        let users = [user.to_string()];
+        for node in self.remote_recipients(&users).into_keys() {
+            let wire = Wire::CloseUser {
+                user: user.to_string(),
+            };
+            self.send(self.inbox(&node), &wire, None);
+        }
+    }
+
+    /// Closes this node's sessions of a user who may no longer connect.
+    pub(crate) fn close_local_sessions(&self, user: &str) {
+        for c in self.hub.conns_of(user) {
+            c.outbox
+                .close(CLOSE_USER_DISABLED, "user is no longer active");
+        }
     }
 
     /// Rebuilds the presence replica from the `presence:<node>` sets of the live nodes.
