@@ -10,9 +10,10 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpServer};
 use clap::{Parser, Subcommand};
 use kaiwa_actors::bus::local::LocalBus;
+use kaiwa_actors::bus::redis::RedisBus;
 use kaiwa_actors::bus::Bus;
 use kaiwa_actors::cluster::redis_conn::RedisConn;
-use kaiwa_actors::cluster::{Cluster, ClusterBus};
+use kaiwa_actors::cluster::Cluster;
 use kaiwa_actors::engine::Engine;
 use kaiwa_actors::hub::Hub;
 use kaiwa_actors::store::embedded::EmbeddedStore;
@@ -92,7 +93,7 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tracing::info!(node = %c.node_id, redis = %c.redis_url, "joining cluster");
             (
                 RedisStore::new(redis, Some(&c.node_id)),
-                Arc::new(ClusterBus(cluster.clone())),
+                Arc::new(RedisBus(cluster.clone())),
                 Some(cluster),
             )
         }

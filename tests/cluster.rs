@@ -333,3 +333,144 @@ async fn a_request_forwarded_to_a_frozen_owner_is_answered_not_left_hanging() {
     }
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+/// The `kaiwa_activations_total` sample of `kind` on `node`; 0 when never counted.
+async fn activations(node: &Node, kind: &str) -> f64 {
+    let text = node.admin().metrics_text().await.unwrap();
+    let label = format!("kind=\"{kind}\"");
+    text.lines()
+        .filter(|l| l.starts_with("kaiwa_activations_total{") && l.contains(&label))
+        .find_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A new user whose owner, by rendezvous hashing over `live`, is `owner`.
+async fn user_owned_by(admin: &kaiwa_loadtest::Admin, live: &[String], owner: &str) -> String {
+    loop {
+        let u = admin.create_user("Ann", None).await.unwrap();
+        if kaiwa_actors::cluster::pick_owner(live, &u).map(String::as_str) == Some(owner) {
+            return u;
+        }
+    }
+}
+
+/// Waits until `c` is closed by the server and returns the close code.
+async fn closed_with(c: &Client) -> u16 {
+    loop {
+        match c.next(WAIT).await {
+            Some(kaiwa_loadtest::Incoming::Closed(Some((code, _)))) => return code,
+            Some(kaiwa_loadtest::Incoming::Closed(None)) => panic!("closed without a code"),
+            Some(_) => {}
+            None => panic!("the session was not closed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_has_one_activation_and_is_suspended_on_every_node_from_any_node() {
+    let redis = Redis::start();
+    let nodes = start_cluster(&redis, 3).await;
+    let live: Vec<String> = vec!["n1".into(), "n2".into(), "n3".into()];
+    let admin = nodes[2].admin();
+    // Ann is owned by n1, connected to n1 and n2, and managed through n3.
+    let ann = user_owned_by(&admin, &live, "n1").await;
+    let bob = admin.create_user("Bob", None).await.unwrap();
+    let on_n1 = nodes[0].connect(&ann, WireFormat::Json).await;
+    let on_n2 = nodes[1].connect(&ann, WireFormat::MsgPack).await;
+    let on_n3 = nodes[2].connect(&ann, WireFormat::Json).await;
+    let cb = nodes[2].connect(&bob, WireFormat::Json).await;
+    settle().await;
+
+    // `convs` from any node gives the same list.
+    let chat = conv_of(&ok(&on_n2, "chat.open", json!({"user": bob})).await);
+    let group = conv_of(
+        &ok(
+            &on_n3,
+            "group.create",
+            json!({"name": "Team", "kind": "flat"}),
+        )
+        .await,
+    );
+    let mut lists = Vec::new();
+    for c in [&on_n1, &on_n2, &on_n3] {
+        let v = ok(c, "convs", json!({})).await;
+        let mut ids: Vec<String> = v["convs"].as_array().unwrap().iter().map(conv_of).collect();
+        ids.sort();
+        lists.push(ids);
+    }
+    let mut want = vec![chat, group];
+    want.sort();
+    assert!(lists.iter().all(|l| *l == want), "{lists:?}");
+
+    // The admin API of every node reads the user and the org from their owners' actors.
+    let org = admin.create_org("Acme", &["acme.test"]).await.unwrap();
+    for n in &nodes {
+        let (status, v) = n
+            .admin()
+            .raw(
+                reqwest::Method::GET,
+                &format!("/api/v1/users/{ann}"),
+                None,
+                Some(ADMIN_KEY),
+            )
+            .await
+            .unwrap();
+        assert_eq!((status, v["id"].as_str()), (200, Some(ann.as_str())));
+        let (status, v) = n
+            .admin()
+            .raw(
+                reqwest::Method::GET,
+                &format!("/api/v1/orgs/{org}"),
+                None,
+                Some(ADMIN_KEY),
+            )
+            .await
+            .unwrap();
+        assert_eq!((status, v["id"].as_str()), (200, Some(org.as_str())));
+    }
+    // One activation of Ann in the cluster, on n1 (Bob's actor was never needed), and one of
+    // the org, on its owner.
+    let mut users = Vec::new();
+    let mut orgs = Vec::new();
+    for n in &nodes {
+        users.push(activations(n, "user").await);
+        orgs.push(activations(n, "org").await);
+    }
+    assert_eq!(users, vec![1.0, 0.0, 0.0], "user activations per node");
+    let org_owner = kaiwa_actors::cluster::pick_owner(&live, &org).unwrap();
+    let mut want_orgs = vec![0.0; 3];
+    want_orgs[live.iter().position(|n| n == org_owner).unwrap()] = 1.0;
+    assert_eq!(orgs, want_orgs, "org activations per node");
+
+    // Suspended through n3, which hosts no session of hers: both sessions close with 4003,
+    // Bob's stays, and reconnecting anywhere gets 403.
+    let token = admin.token(&ann).await.unwrap();
+    on_n3.close().await;
+    settle().await;
+    admin.set_user_state(&ann, "suspended").await.unwrap();
+    assert_eq!(closed_with(&on_n1).await, 4003);
+    assert_eq!(closed_with(&on_n2).await, 4003);
+    ok(&cb, "ping", json!({})).await;
+    for n in &nodes {
+        let url = format!("{}/ws?token={token}", n.ws());
+        let r = Client::connect_url(&url, WireFormat::Json).await;
+        assert_eq!(
+            r.err().and_then(|e| e.status()),
+            Some(403),
+            "node {}",
+            n.port
+        );
+    }
+    let (status, v) = nodes[1]
+        .admin()
+        .raw(
+            reqwest::Method::GET,
+            &format!("/api/v1/users/{ann}"),
+            None,
+            Some(ADMIN_KEY),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v["state"].as_str()), (200, Some("suspended")));
+    assert_eq!(activations(&nodes[0], "user").await, 1.0);
+}

@@ -289,11 +289,14 @@ impl Engine {
         self.cluster.get()
     }
 
-    /// After a membership change: forgets the conversation activations that `owned` says
-    /// another node owns now, so that the next request for them goes there. Their actors end
-    /// once nothing refers to them; the store's append check keeps any late write honest.
-    /// Returns the ids it forgot.
+    /// After a membership change: forgets the activations that `owned` says another node
+    /// owns now, so that the next request for them goes there and the new owner reloads them
+    /// from the store. Their actors end once nothing refers to them; the store's append check
+    /// keeps any late write honest. Returns the conversation ids it forgot (whose leases this
+    /// node may hold).
     pub fn retain_owned(&self, owned: impl Fn(&str) -> bool) -> Vec<String> {
+        self.dir.users.retain(|id, _| owned(id));
+        self.dir.orgs.retain(|id, _| owned(id));
         let mut dropped = Vec::new();
         let mut keep = |id: &String| {
             let k = owned(id);

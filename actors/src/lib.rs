@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod conv_log;
 pub mod conversation;
 pub mod engine;
+pub mod entity_call;
 pub mod group;
 pub mod hub;
 pub mod ids;

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, StreamHandler};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, ContextFutureSpawner,
+    StreamHandler, WrapFuture,
+};
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -17,7 +20,7 @@ use crate::engine::{ConvAddr, Engine};
 use crate::group::GroupSpec;
 use crate::hub::Conn;
 use crate::ids;
-use crate::outbox::{Outgoing, CLOSE_PING_TIMEOUT, CLOSE_TOO_BIG};
+use crate::outbox::{Outgoing, CLOSE_PING_TIMEOUT, CLOSE_TOO_BIG, CLOSE_USER_DISABLED};
 use crate::protocol::codec::{decode_head, decode_request, reply_err};
 use crate::protocol::{Empty, ErrorCode, Format, Id, KaiwaError, Op, Request};
 use crate::reply::Waiter;
@@ -141,7 +144,7 @@ impl Session {
 }
 
 /// The entity whose single activation must answer `op` from `user`: the conversation it
-/// addresses, the chat it opens, or the parent of the group it creates. `None` for ops any
+/// addresses, the chat it opens, the parent of the group it creates, or the user. `None` for ops any
 /// node answers.
 pub fn placed_entity(user: &str, op: &Op) -> Option<String> {
     match op {
@@ -149,6 +152,8 @@ pub fn placed_entity(user: &str, op: &Op) -> Option<String> {
         // A child group is created on its parent's node, so that the tree starts out on one
         // node and its parent/child messages stay local.
         Op::GroupCreate(p) => p.parent.clone(),
+        // The user's own actor lists their conversations.
+        Op::Convs => Some(user.to_string()),
         op => op.conv().map(str::to_string),
     }
 }
@@ -208,6 +213,26 @@ impl Actor for Session {
         self.engine.hub.register(self.conn.clone());
         if let Some(c) = self.engine.cluster() {
             c.session_opened(&self.conn.user);
+            // The user may have been suspended on another node between the check before the
+            // upgrade and this registration, too early for the close to find this session:
+            // check again now that it is registered.
+            let (store, conn) = (self.engine.store.clone(), self.conn.clone());
+            async move { store.user(&conn.user).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    // A failed read proves nothing: the session keeps the check it passed.
+                    if let Ok(rec) = res {
+                        let ok = rec.is_some_and(|r| {
+                            crate::rules::user_state::can_connect(r.state).is_ok()
+                        });
+                        if !ok {
+                            act.conn
+                                .outbox
+                                .close(CLOSE_USER_DISABLED, "user is no longer active");
+                        }
+                    }
+                })
+                .spawn(ctx);
         }
         let every = self.engine.limits.ping_interval;
         ctx.run_interval(every, |act, ctx| {

@@ -67,6 +67,26 @@ impl Handler<Attach> for UserActor {
     }
 }
 
+/// Whether user `id` may open a connection (before the WebSocket upgrade): `unauthorized`
+/// for no such user, `forbidden` for a suspended or deleted one. Alone, the user actor
+/// answers; in a cluster the shared store does, so that connecting on any node neither
+/// activates the user there nor waits on a trip to the owner node.
+pub async fn admit(engine: &Arc<Engine>, id: &str) -> KResult<()> {
+    let no_user = || KaiwaError::new(crate::protocol::ErrorCode::Unauthorized, "no such user");
+    if engine.cluster().is_some() {
+        if !id.starts_with(crate::ids::USER) {
+            return Err(no_user());
+        }
+        let rec = engine.store.user(id).await?.ok_or_else(no_user)?;
+        return rules::user_state::can_connect(rec.state);
+    }
+    let user = engine.user(id).ok_or_else(no_user)?;
+    user.send(Attach)
+        .await
+        .map_err(|_| KaiwaError::internal("user actor unavailable"))?
+        .map(|_| ())
+}
+
 /// The user's record, if the user exists.
 #[derive(actix::Message)]
 #[rtype(result = "Option<UserRecord>")]
@@ -104,9 +124,15 @@ impl Handler<SetState> for UserActor {
                     res?;
                     act.record = Some(rec.clone());
                     if rules::user_state::can_connect(rec.state).is_err() {
-                        for c in act.engine.hub.conns_of(&act.id) {
-                            c.outbox
-                                .close(CLOSE_USER_DISABLED, "user is no longer active");
+                        match act.engine.cluster() {
+                            // Sessions may be on any node: presence says which.
+                            Some(c) => c.close_user_everywhere(&act.id),
+                            None => {
+                                for c in act.engine.hub.conns_of(&act.id) {
+                                    c.outbox
+                                        .close(CLOSE_USER_DISABLED, "user is no longer active");
+                                }
+                            }
                         }
                     }
                     Ok(rec)

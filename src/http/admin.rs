@@ -8,8 +8,7 @@ use kaiwa_actors::group::GroupSpec;
 use kaiwa_actors::protocol::{ErrorCode, GroupKind, Id, KResult, KaiwaError};
 use kaiwa_actors::provision::{self, NewOrg, NewUser};
 use kaiwa_actors::store::UserState;
-use kaiwa_actors::user::{GetUser, SetState};
-use kaiwa_actors::{org::GetOrg, rules};
+use kaiwa_actors::{entity_call, rules};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -97,15 +96,9 @@ async fn create_org(st: web::Data<AppState>, body: web::Json<NewOrg>) -> HttpRes
 
 async fn get_org(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let r = async {
-        let addr = st
-            .engine
-            .org(&id)
-            .ok_or_else(|| KaiwaError::not_found("no such org"))?;
-        let rec = addr
-            .send(GetOrg)
-            .await
-            .map_err(|_| KaiwaError::internal("org actor unavailable"))?;
-        rec.ok_or_else(|| KaiwaError::not_found("no such org"))
+        entity_call::get_org(&st.engine, &id)
+            .await?
+            .ok_or_else(|| KaiwaError::not_found("no such org"))
     };
     respond(OK, r.await)
 }
@@ -139,15 +132,9 @@ async fn create_users_bulk(st: web::Data<AppState>, body: web::Json<BulkUsers>) 
 
 async fn get_user(st: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
     let r = async {
-        let addr = st
-            .engine
-            .user(&id)
-            .ok_or_else(|| KaiwaError::not_found("no such user"))?;
-        let rec = addr
-            .send(GetUser)
-            .await
-            .map_err(|_| KaiwaError::internal("user actor unavailable"))?;
-        rec.ok_or_else(|| KaiwaError::not_found("no such user"))
+        entity_call::get_user(&st.engine, &id)
+            .await?
+            .ok_or_else(|| KaiwaError::not_found("no such user"))
     };
     respond(OK, r.await)
 }
@@ -164,13 +151,7 @@ async fn set_state(
     body: web::Json<StateBody>,
 ) -> HttpResponse {
     let r = async {
-        let addr = st
-            .engine
-            .user(&id)
-            .ok_or_else(|| KaiwaError::not_found("no such user"))?;
-        addr.send(SetState(body.state))
-            .await
-            .map_err(|_| KaiwaError::internal("user actor unavailable"))??;
+        entity_call::set_user_state(&st.engine, &id, body.state).await?;
         Ok(json!({}))
     };
     respond(OK, r.await)

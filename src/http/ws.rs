@@ -8,7 +8,6 @@ use actix_ws::AggregatedMessage;
 use futures_util::StreamExt;
 use kaiwa_actors::protocol::{ErrorCode, Format, KaiwaError};
 use kaiwa_actors::session::{Inbound, Session};
-use kaiwa_actors::user::Attach;
 use serde::Deserialize;
 
 use super::ws_body::OutboundBody;
@@ -74,30 +73,8 @@ pub async fn upgrade(
             )))
         }
     };
-    let Some(user) = st.engine.user(&claims.sub) else {
-        return unauthorized("token names no user");
-    };
-    if st.engine.cluster().is_some() {
-        // Another node may have changed the user's state: read it from the shared store
-        // rather than from this node's cached user actor.
-        let checked = match st.engine.store.user(&claims.sub).await {
-            Ok(Some(rec)) => kaiwa_actors::rules::user_state::can_connect(rec.state),
-            Ok(None) => Err(KaiwaError::new(ErrorCode::Unauthorized, "no such user")),
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = checked {
-            return Ok(error_response(&e));
-        }
-    } else {
-        match user.send(Attach).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Ok(error_response(&e)),
-            Err(_) => {
-                return Ok(error_response(&KaiwaError::internal(
-                    "user actor unavailable",
-                )))
-            }
-        }
+    if let Err(e) = kaiwa_actors::user::admit(&st.engine, &claims.sub).await {
+        return Ok(error_response(&e));
     }
 
     let (response, _session, stream) = actix_ws::handle(&req, body)?;

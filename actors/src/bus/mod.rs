@@ -1,9 +1,10 @@
 //! Routing of events between nodes. A conversation publishes each event once; every node that
 //! hosts a recipient's connection receives it once and hands the same bytes to its local
-//! connections. Single node: [`local::LocalBus`]; cluster mode adds a Redis pub/sub backend
-//! behind the same trait.
+//! connections. Single node: [`local::LocalBus`], in process; cluster mode:
+//! [`redis::RedisBus`], Redis pub/sub between the nodes, behind the same trait.
 
 pub mod local;
+pub mod redis;
 
 use std::sync::Arc;
 
