@@ -114,6 +114,12 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// Takes pushed frames inside the connection's reader task, before they are decoded into
+/// [`Value`]s and queued. Load receivers count millions of events per second; a full decode and
+/// a queue hop per event would make the tool, not the server, the bottleneck. Returns true when
+/// it consumed the frame; frames it leaves (replies, other events) go the usual way.
+pub type Tap = Box<dyn FnMut(&Message) -> bool + Send>;
 type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// One WebSocket connection to Kaiwa. Requests take `&self`, so one client may be shared (in an
@@ -146,6 +152,16 @@ impl Client {
         url: &str,
         format: WireFormat,
         source: Option<IpAddr>,
+    ) -> Result<Client, ConnectError> {
+        Self::connect_url_tapped(url, format, source, None).await
+    }
+
+    /// Like [`Client::connect_url_from`], with a [`Tap`] that sees pushed frames first.
+    pub async fn connect_url_tapped(
+        url: &str,
+        format: WireFormat,
+        source: Option<IpAddr>,
+        tap: Option<Tap>,
     ) -> Result<Client, ConnectError> {
         let addr = socket_addr_of(url).map_err(ConnectError::other)?;
         let tcp = match source {
@@ -182,15 +198,15 @@ impl Client {
             }
             Err(e) => return Err(ConnectError::other(e)),
         };
-        Ok(Self::from_stream(ws, format))
+        Ok(Self::from_stream(ws, format, tap))
     }
 
-    fn from_stream(ws: Ws, format: WireFormat) -> Client {
+    fn from_stream(ws: Ws, format: WireFormat, tap: Option<Tap>) -> Client {
         let (sink, stream) = ws.split();
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let (paused, paused_rx) = watch::channel(false);
-        let reader = tokio::spawn(read_loop(stream, pending.clone(), tx, paused_rx));
+        let reader = tokio::spawn(read_loop(stream, pending.clone(), tx, paused_rx, tap));
         Client {
             sink: Mutex::new(sink),
             pending,
@@ -368,6 +384,7 @@ async fn read_loop(
     pending: Pending,
     events: mpsc::UnboundedSender<Incoming>,
     mut paused: watch::Receiver<bool>,
+    mut tap: Option<Tap>,
 ) {
     let close = loop {
         if *paused.borrow() && paused.wait_for(|p| !*p).await.is_err() {
@@ -386,6 +403,11 @@ async fn read_loop(
             break frame
                 .as_ref()
                 .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+        }
+        if let Some(tap) = tap.as_mut() {
+            if tap(&msg) {
+                continue;
+            }
         }
         let value = match decode_frame(&msg) {
             Some(Ok(v)) => v,
