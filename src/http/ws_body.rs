@@ -6,27 +6,27 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
-use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use kaiwa_actors::hub::Conn;
 use kaiwa_actors::outbox::Outgoing;
+use tokio::sync::oneshot;
 
 /// Streams a connection's outbox to the socket as WebSocket frames.
 pub struct OutboundBody {
     conn: Arc<Conn>,
-    /// The transport's own body, kept (never polled) so that dropping this body tells the
-    /// inbound stream that the connection is gone.
-    _transport: BoxBody,
+    /// Dropped with this body, which tells the inbound stream that the connection is gone.
+    _gone: oneshot::Sender<()>,
     done: bool,
     frames_out: metrics::Counter,
 }
 
 impl OutboundBody {
-    /// The body of `conn`; `transport` is the body the WebSocket handshake produced.
-    pub fn new(conn: Arc<Conn>, transport: BoxBody) -> Self {
+    /// The body of `conn`; dropping it drops `gone`, which ends the inbound stream.
+    pub fn new(conn: Arc<Conn>, gone: oneshot::Sender<()>) -> Self {
         OutboundBody {
             conn,
-            _transport: transport,
+            _gone: gone,
             done: false,
             frames_out: metrics::counter!("kaiwa_frames_out_total"),
         }
