@@ -145,11 +145,16 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
             tokio::spawn(publish(c.clone(), plan, live.clone()))
         })
         .collect();
-    let mut sent = PublishResult::default();
+    let mut results = Vec::new();
     for t in tasks {
-        sent.merge(&t.await?);
+        results.push(t.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let mut sent = PublishResult::default();
+    for r in &results {
+        sent.merge(r);
+    }
+    sent.sort();
     let connected = pool.connect_stats().ok;
     wait_deliveries(
         &live,
