@@ -26,16 +26,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ "$CLUSTER" = 1 ]; then
-  if ! grep -q "redis-url\|redis_url" src/config.rs 2>/dev/null; then
-    echo "cluster mode is not available yet: this kaiwa has no --redis-url flag." >&2
-    echo "The 3-node Redis cluster run of this suite is added together with cluster mode." >&2
-    exit 3
-  fi
-  echo "cluster runs are not wired into this script yet" >&2
-  exit 3
-fi
-
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 KAIWA="$TARGET_DIR/release/kaiwa"
 TOOL="$TARGET_DIR/release/kaiwa-loadtest"
@@ -47,6 +37,16 @@ PORT=${KAIWA_BENCH_PORT:-18080}
 
 echo "building release ..." >&2
 cargo build --release --workspace >&2
+
+if [ "$CLUSTER" = 1 ]; then
+  if ! "$KAIWA" serve --help | grep -q -- "--redis-url"; then
+    echo "cluster mode is not available yet: this kaiwa has no --redis-url flag." >&2
+    echo "The 3-node Redis cluster run of this suite comes with cluster mode." >&2
+    exit 3
+  fi
+  echo "--cluster: the 3-node Redis cluster run is not wired into this script yet" >&2
+  exit 3
+fi
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
