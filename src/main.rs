@@ -115,6 +115,9 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
             .workers(s.workers)
             .backlog(4096)
+            // Replies and events are small writes; Nagle would hold one back until the previous
+            // one is acknowledged (tens of ms with delayed ACKs).
+            .tcp_nodelay(true)
             .max_connections(1_000_000)
             .bind((s.host.as_str(), s.port))?
             .run()

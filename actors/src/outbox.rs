@@ -34,10 +34,9 @@ pub struct Closing {
     pub reason: String,
 }
 
-/// What the writer takes in one turn: every queued frame, then possibly the close.
+/// What the writer takes in one turn besides the frames: possibly the close, after them.
 #[derive(Debug, Default)]
 pub struct Drained {
-    pub frames: VecDeque<Outgoing>,
     pub close: Option<Closing>,
 }
 
@@ -139,23 +138,32 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// For the writer: takes everything queued, or registers the waker and returns `Pending`.
-    /// Returns `Ready(None)` after the close has been handed out once.
-    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Option<Drained>> {
+    /// For the writer: moves everything queued into `batch` (which must be empty), or registers
+    /// the waker and returns `Pending`. Returns `Ready(None)` after the close has been handed out
+    /// once. The queue and the writer's batch swap buffers, so a busy connection allocates no
+    /// queue storage per delivery.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Outgoing>,
+    ) -> Poll<Option<Drained>> {
+        debug_assert!(batch.is_empty());
         let mut s = self.state.lock();
         if s.close_taken {
             return Poll::Ready(None);
         }
         if s.frames.is_empty() && s.close.is_none() {
-            s.waker = Some(cx.waker().clone());
+            if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.waker = Some(cx.waker().clone());
+            }
             return Poll::Pending;
         }
-        let frames = std::mem::take(&mut s.frames);
+        std::mem::swap(&mut s.frames, batch);
         let close = s.close.clone();
         if close.is_some() {
             s.close_taken = true;
         }
-        Poll::Ready(Some(Drained { frames, close }))
+        Poll::Ready(Some(Drained { close }))
     }
 }
 
@@ -179,12 +187,16 @@ mod tests {
         assert!(!o.push(frame()));
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx) else {
+        let mut batch = VecDeque::new();
+        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx, &mut batch) else {
             panic!("nothing drained")
         };
-        assert!(d.frames.is_empty());
+        assert!(batch.is_empty());
         assert_eq!(d.close.unwrap().code, CLOSE_SLOW_CONSUMER);
-        assert!(matches!(o.poll_drain(&mut cx), Poll::Ready(None)));
+        assert!(matches!(
+            o.poll_drain(&mut cx, &mut batch),
+            Poll::Ready(None)
+        ));
     }
 
     #[test]
@@ -195,10 +207,23 @@ mod tests {
         }
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx) else {
+        let mut batch = VecDeque::new();
+        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx, &mut batch) else {
             panic!("nothing drained")
         };
-        assert_eq!(d.frames.len(), 5);
-        assert!(o.poll_drain(&mut cx).is_pending());
+        assert_eq!(batch.len(), 5);
+        assert!(d.close.is_none());
+        batch.clear();
+        assert!(o.poll_drain(&mut cx, &mut batch).is_pending());
+        // The buffers swap: the next burst reuses the storage of the last one.
+        let cap = batch.capacity();
+        o.push(frame());
+        let Poll::Ready(Some(_)) = o.poll_drain(&mut cx, &mut batch) else {
+            panic!("nothing drained")
+        };
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        o.push(frame());
+        assert!(o.state.lock().frames.capacity() >= cap);
     }
 }

@@ -114,6 +114,12 @@ impl fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// Takes pushed frames inside the connection's reader task, before they are decoded into
+/// [`Value`]s and queued. Load receivers count millions of events per second; a full decode and
+/// a queue hop per event would make the tool, not the server, the bottleneck. Returns true when
+/// it consumed the frame; frames it leaves (replies, other events) go the usual way.
+pub type Tap = Box<dyn FnMut(&Message) -> bool + Send>;
 type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// One WebSocket connection to Kaiwa. Requests take `&self`, so one client may be shared (in an
@@ -147,6 +153,16 @@ impl Client {
         format: WireFormat,
         source: Option<IpAddr>,
     ) -> Result<Client, ConnectError> {
+        Self::connect_url_tapped(url, format, source, None).await
+    }
+
+    /// Like [`Client::connect_url_from`], with a [`Tap`] that sees pushed frames first.
+    pub async fn connect_url_tapped(
+        url: &str,
+        format: WireFormat,
+        source: Option<IpAddr>,
+        tap: Option<Tap>,
+    ) -> Result<Client, ConnectError> {
         let addr = socket_addr_of(url).map_err(ConnectError::other)?;
         let tcp = match source {
             None => TcpStream::connect(addr)
@@ -166,31 +182,32 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (ws, _resp) = match tokio_tungstenite::client_async(url, tcp).await {
-            Ok(ok) => ok,
-            Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                return Err(ConnectError {
-                    status: Some(status),
-                    source: anyhow!("{body}"),
-                });
-            }
-            Err(e) => return Err(ConnectError::other(e)),
-        };
-        Ok(Self::from_stream(ws, format))
+        let (ws, _resp) =
+            match tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await {
+                Ok(ok) => ok,
+                Err(tungstenite::Error::Http(resp)) => {
+                    let status = resp.status().as_u16();
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    return Err(ConnectError {
+                        status: Some(status),
+                        source: anyhow!("{body}"),
+                    });
+                }
+                Err(e) => return Err(ConnectError::other(e)),
+            };
+        Ok(Self::from_stream(ws, format, tap))
     }
 
-    fn from_stream(ws: Ws, format: WireFormat) -> Client {
+    fn from_stream(ws: Ws, format: WireFormat, tap: Option<Tap>) -> Client {
         let (sink, stream) = ws.split();
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let (paused, paused_rx) = watch::channel(false);
-        let reader = tokio::spawn(read_loop(stream, pending.clone(), tx, paused_rx));
+        let reader = tokio::spawn(read_loop(stream, pending.clone(), tx, paused_rx, tap));
         Client {
             sink: Mutex::new(sink),
             pending,
@@ -318,6 +335,15 @@ impl Drop for Client {
     }
 }
 
+/// Bytes the reader asks the socket for at once. tungstenite zero-fills this much of its input
+/// buffer before every read (128 KiB by default): with thousands of receivers each reading a few
+/// hundred bytes at a time, that memset was 70% of the tool's CPU in profiles.
+pub const READ_BUFFER: usize = 8 * 1024;
+
+fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(READ_BUFFER)
+}
+
 /// Builds `{ws_base}/ws?token=..[&format=msgpack]`.
 pub fn ws_url(ws_base: &str, token: &str, format: WireFormat) -> String {
     let mut url = format!("{}/ws?token={token}", ws_base.trim_end_matches('/'));
@@ -368,6 +394,7 @@ async fn read_loop(
     pending: Pending,
     events: mpsc::UnboundedSender<Incoming>,
     mut paused: watch::Receiver<bool>,
+    mut tap: Option<Tap>,
 ) {
     let close = loop {
         if *paused.borrow() && paused.wait_for(|p| !*p).await.is_err() {
@@ -386,6 +413,11 @@ async fn read_loop(
             break frame
                 .as_ref()
                 .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+        }
+        if let Some(tap) = tap.as_mut() {
+            if tap(&msg) {
+                continue;
+            }
         }
         let value = match decode_frame(&msg) {
             Some(Ok(v)) => v,

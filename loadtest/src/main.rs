@@ -95,6 +95,9 @@ enum Scenario {
         /// Un-acked sends per publisher.
         #[arg(long, default_value_t = 64)]
         window: usize,
+        /// Extra members that connect and never read (left out of every figure).
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// K concurrent 1:1 pairs chatting.
     Chat {
@@ -189,8 +192,9 @@ async fn run(ctx: &Ctx, admin: &Admin, scenario: &Scenario) -> anyhow::Result<Re
             publishers,
             rate,
             window,
+            stalled,
         } => {
-            let plan = fanout::setup(ctx, admin, members, publishers).await?;
+            let plan = fanout::setup(ctx, admin, members, publishers, stalled).await?;
             fanout::run(ctx, &plan, &fanout::FanoutOpts { rate, window }).await
         }
         Scenario::Chat {

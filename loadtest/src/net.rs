@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{ws_url, Client, WireFormat};
+use crate::client::{ws_url, Client, Tap, WireFormat};
 use crate::stats::{Errors, Latency};
 
 /// Where the tool connects: one or more WebSocket bases (one per cluster node), all on loopback.
@@ -60,10 +60,20 @@ impl Target {
 
     /// Opens connection number `index` (which picks its node and source address).
     pub async fn connect(&self, index: usize, token: &str) -> anyhow::Result<Client> {
+        self.connect_tapped(index, token, None).await
+    }
+
+    /// Like [`Target::connect`], with a [`Tap`] that sees pushed frames first.
+    pub async fn connect_tapped(
+        &self,
+        index: usize,
+        token: &str,
+        tap: Option<Tap>,
+    ) -> anyhow::Result<Client> {
         let base = &self.urls[index % self.urls.len()];
         let url = ws_url(base, token, self.format());
         let source = self.source_for(base, index);
-        Ok(Client::connect_url_from(&url, self.format(), source).await?)
+        Ok(Client::connect_url_tapped(&url, self.format(), source, tap).await?)
     }
 
     fn source_for(&self, base: &str, index: usize) -> Option<IpAddr> {
@@ -172,7 +182,8 @@ pub fn connect_error_kind(e: &anyhow::Error) -> String {
 }
 
 /// Opens one connection per token, `first_index + i` choosing node and source, in paced batches;
-/// stops early at `deadline`. Failed slots are `None`. `on_ok` is called per success (progress).
+/// stops early at `deadline`. Failed slots are `None`. `on_ok` is called per success (progress);
+/// `tap(i)` gives slot `i`'s connection its [`Tap`].
 pub async fn connect_all(
     target: &Target,
     tokens: &[String],
@@ -180,6 +191,7 @@ pub async fn connect_all(
     pacing: Pacing,
     deadline: Instant,
     on_ok: &(dyn Fn() + Sync),
+    tap: &(dyn Fn(usize) -> Option<Tap> + Sync),
 ) -> (Vec<Option<Arc<Client>>>, ConnectStats) {
     let started = Instant::now();
     let mut stats = ConnectStats::default();
@@ -188,12 +200,14 @@ pub async fn connect_all(
         if Instant::now() >= deadline {
             break;
         }
-        let base = first_index + b * pacing.batch.max(1);
+        let slot = b * pacing.batch.max(1);
+        let base = first_index + slot;
         let results = futures_util::future::join_all(chunk.iter().enumerate().map(|(i, t)| {
             let target = target.clone();
+            let tap = tap(slot + i);
             async move {
                 let t0 = Instant::now();
-                let r = target.connect(base + i, t).await;
+                let r = target.connect_tapped(base + i, t, tap).await;
                 (r, t0.elapsed())
             }
         }))

@@ -53,11 +53,16 @@ pub struct PublishResult {
 }
 
 impl PublishResult {
-    /// Adds another publisher's result (acked seqs are only comparable within one conv).
+    /// Sorts the acked seqs (after merges).
+    pub fn sort(&mut self) {
+        self.acked.sort_unstable();
+    }
+
+    /// Adds another publisher's result (acked seqs are only comparable within one conv). The
+    /// acked seqs are appended unsorted: call [`PublishResult::sort`] after the last merge.
     pub fn merge(&mut self, o: &PublishResult) {
         self.sent += o.sent;
         self.acked.extend(&o.acked);
-        self.acked.sort_unstable();
         self.ack_latency.merge(&o.ack_latency);
         crate::stats::merge_errors(&mut self.errors, &o.errors);
     }

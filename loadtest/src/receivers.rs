@@ -1,18 +1,21 @@
 //! Receiving side of a run: connections that read `message` events, measure send→deliver latency,
 //! remember which seqs arrived, and at the end sync whatever acked message they missed live.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, Incoming};
+use crate::client::{Client, Incoming, Tap};
 use crate::clock;
 use crate::live::Live;
 use crate::net::{connect_all, ConnectStats, Pacing, Target};
@@ -115,11 +118,15 @@ struct Seen {
 /// Latency histograms are big (~170 KiB); connections share a few shards instead of one each.
 const SHARDS: usize = 16;
 
+/// What one connection has seen so far, shared by its reader's tap and its receive task.
+type SharedSeen = Arc<Mutex<Seen>>;
+
 /// Receivers held by this process.
 pub struct LocalReceivers {
     clients: Vec<Option<Arc<Client>>>,
     specs: Vec<ReceiverSpec>,
-    tasks: Vec<Option<JoinHandle<Seen>>>,
+    seen: Vec<SharedSeen>,
+    tasks: Vec<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     connect: ConnectStats,
     latency: Arc<Vec<Mutex<Latency>>>,
@@ -131,6 +138,15 @@ impl LocalReceivers {
         let tokens: Vec<String> = job.members.iter().map(|m| m.token.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs_f64(job.connect_timeout_s);
         let live2 = live.clone();
+        let latency: Arc<Vec<Mutex<Latency>>> =
+            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
+        let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
+        let make_tap = |i: usize| -> Option<Tap> {
+            let (seen, live, latency) = (seen[i].clone(), live.clone(), latency.clone());
+            Some(Box::new(move |msg: &Message| {
+                tap_message(msg, &seen, &live, &latency[i % SHARDS])
+            }))
+        };
         let (clients, connect) = connect_all(
             &job.target,
             &tokens,
@@ -138,11 +154,10 @@ impl LocalReceivers {
             job.pacing,
             deadline,
             &move || Live::bump(&live2.connects),
+            &make_tap,
         )
         .await;
         let (stop, stop_rx) = watch::channel(false);
-        let latency: Arc<Vec<Mutex<Latency>>> =
-            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
         let tasks = clients
             .iter()
             .enumerate()
@@ -150,6 +165,7 @@ impl LocalReceivers {
                 c.as_ref().map(|c| {
                     tokio::spawn(receive(
                         c.clone(),
+                        seen[i].clone(),
                         live.clone(),
                         latency.clone(),
                         i % SHARDS,
@@ -161,6 +177,7 @@ impl LocalReceivers {
         LocalReceivers {
             clients,
             specs: job.members.clone(),
+            seen,
             tasks,
             stop,
             connect,
@@ -193,11 +210,13 @@ impl LocalReceivers {
             ..Default::default()
         };
         let mut work = Vec::new();
-        for ((client, spec), task) in self.clients.into_iter().zip(self.specs).zip(self.tasks) {
-            let seen = match task {
-                Some(t) => t.await.unwrap_or_default(),
-                None => Seen::default(),
-            };
+        let slots = self.clients.into_iter().zip(self.specs).zip(self.tasks);
+        for (((client, spec), task), seen) in slots.zip(self.seen) {
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+            // Events that still arrive (during the sync below) go to a fresh, discarded record.
+            let seen = std::mem::take(&mut *seen.lock().unwrap());
             work.push((client, spec, seen));
         }
         let checked: Vec<(Seen, Loss)> = futures_util::stream::iter(work)
@@ -241,14 +260,107 @@ pub fn body_stamp(body: &Value) -> Option<u64> {
     clock::parse_stamp(text)
 }
 
+/// The fields of a `message` event that receivers look at; the rest is skipped unread.
+#[derive(Deserialize)]
+struct MessagePeek<'a> {
+    #[serde(borrow)]
+    ev: Cow<'a, str>,
+    #[serde(borrow)]
+    conv: Cow<'a, str>,
+    seq: u64,
+    #[serde(borrow, default)]
+    body: Option<BodyPeek<'a>>,
+    #[serde(default)]
+    origin: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct BodyPeek<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    announcement: Option<AnnouncementPeek<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnnouncementPeek<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+fn peek(msg: &Message) -> Option<MessagePeek<'_>> {
+    let p: MessagePeek = match msg {
+        Message::Text(t) => serde_json::from_str(t.as_str()).ok()?,
+        Message::Binary(b) => rmp_serde::from_slice(b).ok()?,
+        _ => return None,
+    };
+    (p.ev == "message").then_some(p)
+}
+
+/// A receiver's tap: records `message` events straight from the reader; leaves anything else.
+fn tap_message(msg: &Message, seen: &Mutex<Seen>, live: &Live, latency: &Mutex<Latency>) -> bool {
+    let Some(p) = peek(msg) else {
+        return false;
+    };
+    let now = clock::now_ns();
+    let stamp = p.body.as_ref().and_then(|b| {
+        b.text
+            .as_deref()
+            .or_else(|| b.announcement.as_ref()?.text.as_deref())
+            .and_then(clock::parse_stamp)
+    });
+    record(
+        &mut seen.lock().unwrap(),
+        live,
+        latency,
+        &p.conv,
+        p.seq,
+        now,
+        stamp,
+        p.origin.is_some(),
+    );
+    true
+}
+
+/// Counts one received `message` event.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    seen: &mut Seen,
+    live: &Live,
+    latency: &Mutex<Latency>,
+    conv: &str,
+    seq: u64,
+    now: u64,
+    stamp: Option<u64>,
+    origin: bool,
+) {
+    let set = match seen.per_conv.get_mut(conv) {
+        Some(s) => s,
+        None => seen.per_conv.entry(conv.to_owned()).or_default(),
+    };
+    if !set.insert(seq) {
+        seen.duplicates += 1;
+        return;
+    }
+    seen.deliveries += 1;
+    Live::bump(&live.deliveries);
+    if let Some(sent) = stamp {
+        latency.lock().unwrap().record_ns(now.saturating_sub(sent));
+    }
+    if origin && seen.origin_ns.is_none() {
+        seen.origin_ns = Some(now);
+    }
+}
+
+/// Reads what the tap left: closes, and events in a shape the tap does not know.
 async fn receive(
     client: Arc<Client>,
+    seen: SharedSeen,
     live: Arc<Live>,
     latency: Arc<Vec<Mutex<Latency>>>,
     shard: usize,
     mut stop: watch::Receiver<bool>,
-) -> Seen {
-    let mut seen = Seen::default();
+) {
     loop {
         let item = tokio::select! {
             item = client.next(Duration::from_secs(3600)) => item,
@@ -258,7 +370,7 @@ async fn receive(
             Some(Incoming::Event(ev)) => ev,
             Some(Incoming::Closed(close)) => {
                 let code = close.map(|(c, _)| c.to_string()).unwrap_or("none".into());
-                seen.closed = Some(code);
+                seen.lock().unwrap().closed = Some(code);
                 Live::bump(&live.disconnects);
                 break;
             }
@@ -275,28 +387,17 @@ async fn receive(
         ) else {
             continue;
         };
-        let fresh = seen
-            .per_conv
-            .entry(conv.to_owned())
-            .or_default()
-            .insert(seq);
-        if !fresh {
-            seen.duplicates += 1;
-            continue;
-        }
-        seen.deliveries += 1;
-        Live::bump(&live.deliveries);
-        if let Some(sent) = ev.get("body").and_then(body_stamp) {
-            latency[shard]
-                .lock()
-                .unwrap()
-                .record_ns(now.saturating_sub(sent));
-        }
-        if ev.get("origin").is_some_and(|o| !o.is_null()) && seen.origin_ns.is_none() {
-            seen.origin_ns = Some(now);
-        }
+        record(
+            &mut seen.lock().unwrap(),
+            &live,
+            &latency[shard],
+            conv,
+            seq,
+            now,
+            ev.get("body").and_then(body_stamp),
+            ev.get("origin").is_some_and(|o| !o.is_null()),
+        );
     }
-    seen
 }
 
 /// Compares what `spec`'s receiver saw with `acked`, syncing from its first gap.

@@ -7,30 +7,41 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-/// Latencies in microseconds, 1 µs .. 10 min, 3 significant digits.
-#[derive(Clone, Debug)]
-pub struct Latency(pub Histogram<u64>);
+/// Latencies in microseconds, 1 µs .. 10 min, 3 significant digits. The histogram (about
+/// 200 KiB) is allocated on the first sample: a chat run has one per sender, most of them merged
+/// away at once.
+#[derive(Clone, Debug, Default)]
+pub struct Latency(Option<Box<Histogram<u64>>>);
 
-impl Default for Latency {
-    fn default() -> Self {
-        Latency(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"))
-    }
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
 impl Latency {
+    fn hist(&mut self) -> &mut Histogram<u64> {
+        self.0.get_or_insert_with(|| Box::new(new_histogram()))
+    }
+
     /// Records one latency given in nanoseconds (clamped into the histogram's range).
     pub fn record_ns(&mut self, ns: u64) {
-        self.0.saturating_record((ns / 1000).max(1));
+        self.hist().saturating_record((ns / 1000).max(1));
     }
 
     /// Adds another histogram's samples (from another task or process).
     pub fn merge(&mut self, other: &Latency) {
-        let _ = self.0.add(&other.0);
+        if let Some(o) = &other.0 {
+            if o.is_empty() {
+                return;
+            }
+            let _ = self.hist().add(&**o);
+        }
     }
 
     /// The summary that reports and charts show.
     pub fn percentiles(&self) -> Percentiles {
-        let h = &self.0;
+        let Some(h) = &self.0 else {
+            return Percentiles::default();
+        };
         let ms = |v: u64| v as f64 / 1000.0;
         Percentiles {
             count: h.len(),
@@ -46,8 +57,16 @@ impl Latency {
     /// Serialized (HDR V2) so that worker processes can ship full histograms as JSON.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        let empty;
+        let h = match &self.0 {
+            Some(h) => &**h,
+            None => {
+                empty = new_histogram();
+                &empty
+            }
+        };
         V2Serializer::new()
-            .serialize(&self.0, &mut out)
+            .serialize(h, &mut out)
             .expect("serializing into a Vec cannot fail");
         out
     }
@@ -57,7 +76,7 @@ impl Latency {
         let h: Histogram<u64> = Deserializer::new()
             .deserialize(&mut &bytes[..])
             .map_err(|e| anyhow::anyhow!("bad histogram: {e:?}"))?;
-        Ok(Latency(h))
+        Ok(Latency(Some(Box::new(h))))
     }
 }
 

@@ -1,33 +1,37 @@
 //! The response body of a WebSocket connection: it drains the connection's outbox and encodes
 //! everything queued into one buffer, so a burst of deliveries costs one socket write.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
-use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
 use kaiwa_actors::hub::Conn;
 use kaiwa_actors::outbox::Outgoing;
+use tokio::sync::oneshot;
 
 /// Streams a connection's outbox to the socket as WebSocket frames.
 pub struct OutboundBody {
     conn: Arc<Conn>,
-    /// The transport's own body, kept (never polled) so that dropping this body tells the
-    /// inbound stream that the connection is gone.
-    _transport: BoxBody,
+    /// Dropped with this body, which tells the inbound stream that the connection is gone.
+    _gone: oneshot::Sender<()>,
     done: bool,
+    /// The frames of the current turn; swapped with the outbox's queue, so both keep storage.
+    batch: VecDeque<Outgoing>,
     frames_out: metrics::Counter,
 }
 
 impl OutboundBody {
-    /// The body of `conn`; `transport` is the body the WebSocket handshake produced.
-    pub fn new(conn: Arc<Conn>, transport: BoxBody) -> Self {
+    /// The body of `conn`; dropping it drops `gone`, which ends the inbound stream.
+    pub fn new(conn: Arc<Conn>, gone: oneshot::Sender<()>) -> Self {
         OutboundBody {
             conn,
-            _transport: transport,
+            _gone: gone,
             done: false,
+            batch: VecDeque::new(),
             frames_out: metrics::counter!("kaiwa_frames_out_total"),
         }
     }
@@ -57,7 +61,7 @@ impl MessageBody for OutboundBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let drained = match this.conn.outbox.poll_drain(cx) {
+        let drained = match this.conn.outbox.poll_drain(cx, &mut this.batch) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 this.done = true;
@@ -65,8 +69,8 @@ impl MessageBody for OutboundBody {
             }
             Poll::Ready(Some(d)) => d,
         };
-        let size: usize = drained
-            .frames
+        let size: usize = this
+            .batch
             .iter()
             .map(|f| match f {
                 Outgoing::Data(d) => d.data.len() + header_len(d.data.len()),
@@ -76,7 +80,7 @@ impl MessageBody for OutboundBody {
             .sum();
         let mut buf = BytesMut::with_capacity(size + 128);
         let mut data = 0u64;
-        for f in &drained.frames {
+        for f in this.batch.drain(..) {
             match f {
                 Outgoing::Data(d) => {
                     let op = if d.binary {

@@ -26,6 +26,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// Most writes one commit takes; the rest wait for the next commit.
 const MAX_BATCH: usize = 4096;
+/// Logs whose last seq the writer remembers between commits; past this the memory starts afresh.
+const LAST_SEQ_CACHE: usize = 200_000;
 
 struct Job {
     writes: Vec<Write>,
@@ -55,7 +57,10 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
-    rmp_serde::to_vec_named(v).map_err(backend)
+    // Sized for a typical message, so that encoding does not grow the buffer several times.
+    let mut buf = Vec::with_capacity(256);
+    rmp_serde::encode::write_named(&mut buf, v).map_err(backend)?;
+    Ok(buf)
 }
 
 fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
@@ -143,6 +148,9 @@ impl EmbeddedStore {
 
 /// Takes jobs as they come; each turn commits everything queued since the last one.
 fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
+    // The last seq of each log as committed. This thread is the only writer of the database,
+    // so what it committed is what the file holds; a failed commit forgets everything.
+    let mut last_seqs: HashMap<String, u64> = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut count = jobs[0].writes.len();
@@ -156,7 +164,10 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
             }
         }
         let started = Instant::now();
-        let outcome = commit_batch(db, &jobs);
+        if last_seqs.len() > LAST_SEQ_CACHE {
+            last_seqs.clear();
+        }
+        let outcome = commit_batch(db, &jobs, &mut last_seqs);
         metrics::histogram!("kaiwa_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("kaiwa_store_batch_writes").record(count as f64);
         match outcome {
@@ -166,6 +177,7 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
+                last_seqs.clear();
                 tracing::error!("store commit failed: {e}");
                 for job in jobs {
                     let _ = job.done.send(Err(e.clone()));
@@ -176,11 +188,18 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
 }
 
 /// Applies the jobs in one transaction. A job whose appends do not continue their logs is
-/// skipped whole (its result is a conflict); the others commit together.
-fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>> {
+/// skipped whole (its result is a conflict); the others commit together. `committed` holds the
+/// last seq of logs as committed before this batch; on success it is updated to after it.
+fn commit_batch(
+    db: &Database,
+    jobs: &[Job],
+    committed: &mut HashMap<String, u64>,
+) -> StoreResult<Vec<StoreResult<()>>> {
     let txn = db.begin_write().map_err(backend)?;
     let mut results = Vec::with_capacity(jobs.len());
     let mut stored = 0u64;
+    // The last seq of each log touched by this batch, as the batch has left it.
+    let mut last: HashMap<String, u64> = HashMap::new();
     {
         let mut users = txn.open_table(USERS).map_err(backend)?;
         let mut orgs = txn.open_table(ORGS).map_err(backend)?;
@@ -189,8 +208,6 @@ fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>
         let mut user_convs = txn.open_table(USER_CONVS).map_err(backend)?;
         let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
         let mut kv = txn.open_table(KV).map_err(backend)?;
-        // The last seq of each log touched by this batch, as the batch has left it.
-        let mut last: HashMap<String, u64> = HashMap::new();
         for job in jobs {
             // Check every append of the job first, so that a job applies whole or not at all.
             let mut planned: HashMap<&str, u64> = HashMap::new();
@@ -199,7 +216,7 @@ fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>
                 if let Write::Append { log, msg } = w {
                     let cur = match planned.get(log.as_str()) {
                         Some(s) => *s,
-                        None => match last.get(log) {
+                        None => match last.get(log).or_else(|| committed.get(log)) {
                             Some(s) => *s,
                             None => {
                                 let mut range = messages
@@ -279,6 +296,7 @@ fn commit_batch(db: &Database, jobs: &[Job]) -> StoreResult<Vec<StoreResult<()>>
         }
     }
     txn.commit().map_err(backend)?;
+    committed.extend(last);
     metrics::counter!("kaiwa_messages_stored_total").increment(stored);
     Ok(results)
 }
@@ -464,6 +482,28 @@ mod tests {
             tail.iter().map(|m| m.msg.seq).collect::<Vec<_>>(),
             vec![2, 3]
         );
+    }
+
+    #[test]
+    fn the_writer_remembers_log_ends_across_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        for seq in 1..=5 {
+            block(s.write(vec![msg("a", seq)])).unwrap();
+        }
+        // A gap or a repeat is still refused once the end of the log is remembered.
+        assert!(matches!(
+            block(s.write(vec![msg("a", 5)])),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            block(s.write(vec![msg("a", 7)])),
+            Err(StoreError::Conflict(_))
+        ));
+        // A refused job leaves the remembered end alone.
+        block(s.write(vec![msg("a", 6), msg("b", 1)])).unwrap();
+        assert_eq!(block(s.last_seq("a")).unwrap(), 6);
+        assert_eq!(block(s.last_seq("b")).unwrap(), 1);
     }
 
     #[test]

@@ -129,14 +129,19 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
             (conv.clone(), tokio::spawn(publish(c, plan, live.clone())))
         })
         .collect();
+    let mut results = Vec::new();
+    for (conv, t) in tasks {
+        results.push((conv, t.await?));
+    }
+    // The traffic phase ends with the last publisher; merging below is bookkeeping.
+    let elapsed = started.elapsed().as_secs_f64();
     let mut total = PublishResult::default();
     let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
-    for (conv, t) in tasks {
-        let r = t.await?;
+    for (conv, r) in results {
         acked.entry(conv).or_default().extend(&r.acked);
         total.merge(&r);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    total.sort();
     // Every acked message reaches both sides of its pair.
     wait_deliveries(
         &live,

@@ -25,12 +25,21 @@ pub struct FanoutOpts {
     pub window: usize,
 }
 
+/// Extra members that connect and then stop reading, to show that a stalled reader does not
+/// slow the others; they are left out of every figure.
+#[derive(Clone, Debug, Default)]
+pub struct Stalled {
+    pub tokens: Vec<String>,
+}
+
 /// Who takes part: the group's conv, the publishers' tokens and the receivers.
 #[derive(Clone, Debug)]
 pub struct FanoutPlan {
     pub conv: String,
     pub publishers: Vec<String>,
     pub receivers: Vec<ReceiverSpec>,
+    /// Members that connect and stop reading (see [`Stalled`]).
+    pub stalled: Stalled,
 }
 
 /// Creates `members` users (the first `publishers` of them publish) and one flat group of them all.
@@ -39,9 +48,11 @@ pub async fn setup(
     admin: &Admin,
     members: usize,
     publishers: usize,
+    stalled: usize,
 ) -> anyhow::Result<FanoutPlan> {
     let publishers = publishers.clamp(1, members.max(1));
-    let users = create_users(admin, &ctx.run_id, "fanout", members.max(publishers + 1)).await?;
+    let total = members.max(publishers + 1) + stalled;
+    let mut users = create_users(admin, &ctx.run_id, "fanout", total).await?;
     let conv = admin
         .create_group(
             &users.ids[0],
@@ -52,7 +63,10 @@ pub async fn setup(
         )
         .await
         .context("creating the fan-out group")?;
-    Ok(plan_for(conv, &users.tokens, publishers))
+    let stalled_tokens = users.tokens.split_off(users.tokens.len() - stalled);
+    let mut plan = plan_for(conv, &users.tokens, publishers);
+    plan.stalled.tokens = stalled_tokens;
+    Ok(plan)
 }
 
 /// Splits a member list into publishers (the first `publishers`) and receivers (the rest).
@@ -67,6 +81,7 @@ pub fn plan_for(conv: String, tokens: &[String], publishers: usize) -> FanoutPla
             .collect(),
         publishers: tokens[..publishers].to_vec(),
         conv,
+        stalled: Stalled::default(),
     }
 }
 
@@ -98,6 +113,17 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         pubs.push(Arc::new(c));
     }
     let drains: Vec<_> = pubs.iter().map(|c| drain(c.clone())).collect();
+    let mut stalled = Vec::new();
+    for (i, t) in plan.stalled.tokens.iter().enumerate() {
+        let index = plan.publishers.len() + plan.receivers.len() + i;
+        let c = ctx
+            .target
+            .connect(index, t)
+            .await
+            .context("connecting a stalled member")?;
+        c.pause_reading();
+        stalled.push(c);
+    }
     let sampler = Sampler::start(live.clone(), "fanout", ctx.progress);
     let started = Instant::now();
     let until = started + ctx.duration;
@@ -119,11 +145,16 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
             tokio::spawn(publish(c.clone(), plan, live.clone()))
         })
         .collect();
-    let mut sent = PublishResult::default();
+    let mut results = Vec::new();
     for t in tasks {
-        sent.merge(&t.await?);
+        results.push(t.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let mut sent = PublishResult::default();
+    for r in &results {
+        sent.merge(r);
+    }
+    sent.sort();
     let connected = pool.connect_stats().ok;
     wait_deliveries(
         &live,
@@ -138,9 +169,11 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
     for d in drains {
         d.abort();
     }
+    drop(stalled);
     let params = json!({
         "members": plan.receivers.len() + plan.publishers.len(),
         "publishers": plan.publishers.len(),
+        "stalled": plan.stalled.tokens.len(),
         "rate": opts.rate, "window": opts.window, "payload": ctx.payload,
         "duration_s": ctx.duration.as_secs_f64(),
     });
