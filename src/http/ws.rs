@@ -1,23 +1,17 @@
 //! `GET /ws`: authenticates before the upgrade (401 bad token, 403 suspended or deleted user),
 //! then starts the session actor on this worker and the outbound body over its outbox.
 //!
-//! The handshake and the inbound frames use actix-http's WebSocket codec directly: a connection
-//! costs the session actor, its outbox and the two halves below, and no per-connection channel.
-
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! actix-ws does the handshake and decodes inbound frames; outbound frames bypass its session
+//! channel: the response body drains the connection's outbox (see `ws_body`).
 
 use actix::{Actor, AsyncContext};
-use actix_http::ws::{OpCode, Parser, ProtocolError};
 use actix_web::body::BoxBody;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
+use actix_ws::AggregatedMessage;
+use futures_util::StreamExt;
 use kaiwa_actors::protocol::{ErrorCode, Format, KaiwaError};
 use kaiwa_actors::session::{Inbound, Session};
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
 use super::ws_body::OutboundBody;
 use super::{error_response, AppState};
@@ -45,138 +39,16 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     h.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
-/// The client's frames, decoded from the request payload; continuations are joined up to the
-/// hard limit. Ends when the payload ends, after a close frame or an error, or when the outbound
-/// body is dropped (the connection is gone).
-pub struct InboundFrames {
-    payload: actix_web::dev::Payload,
-    buf: BytesMut,
-    hard: usize,
-    /// A fragmented message being joined: binary?, bytes so far.
-    partial: Option<(bool, BytesMut)>,
-    gone: oneshot::Receiver<()>,
-    done: bool,
-}
-
-impl InboundFrames {
-    fn new(payload: actix_web::dev::Payload, hard: usize, gone: oneshot::Receiver<()>) -> Self {
-        InboundFrames {
-            payload,
-            buf: BytesMut::new(),
-            hard,
-            partial: None,
-            gone,
-            done: false,
-        }
-    }
-
-    fn text(b: Bytes) -> Inbound {
-        match std::str::from_utf8(&b) {
-            Ok(_) => Inbound::Text(b),
-            Err(e) => Inbound::Broken(format!("text frame is not UTF-8: {e}")),
-        }
-    }
-
-    /// One parsed frame as the session sees it; `None` while a fragmented message is open.
-    fn frame(&mut self, finished: bool, op: OpCode, payload: Bytes) -> Option<Inbound> {
-        let continued = op == OpCode::Continue;
-        if finished && !continued {
-            if self.partial.is_some() && matches!(op, OpCode::Text | OpCode::Binary) {
-                return Some(Inbound::Broken("a fragmented message is still open".into()));
-            }
-            return Some(match op {
-                OpCode::Text => Self::text(payload),
-                OpCode::Binary => Inbound::Binary(payload),
-                OpCode::Ping => Inbound::Ping(payload),
-                OpCode::Pong => Inbound::Pong,
-                OpCode::Close => Inbound::Close,
-                _ => Inbound::Broken(format!("bad opcode {op:?}")),
-            });
-        }
-        if !continued {
-            // The first fragment of a text or binary message.
-            if self.partial.is_some() || !matches!(op, OpCode::Text | OpCode::Binary) {
-                return Some(Inbound::Broken(format!("bad fragment {op:?}")));
-            }
-            self.partial = Some((op == OpCode::Binary, BytesMut::new()));
-        }
-        let Some((binary, acc)) = self.partial.as_mut() else {
-            return Some(Inbound::Broken("continuation without a first frame".into()));
-        };
-        if acc.len() + payload.len() > self.hard {
-            return Some(Inbound::TooLarge);
-        }
-        acc.extend_from_slice(&payload);
-        if !finished {
-            return None;
-        }
-        let binary = *binary;
-        let (_, acc) = self.partial.take()?;
-        let b = acc.freeze();
-        Some(if binary {
-            Inbound::Binary(b)
-        } else {
-            Self::text(b)
-        })
-    }
-}
-
-impl Stream for InboundFrames {
-    type Item = Inbound;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
-        let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Parser::parse(&mut this.buf, true, this.hard) {
-                Ok(Some((finished, op, payload))) => {
-                    let payload = payload.map(BytesMut::freeze).unwrap_or_default();
-                    if let Some(item) = this.frame(finished, op, payload) {
-                        if matches!(
-                            item,
-                            Inbound::Close | Inbound::TooLarge | Inbound::Broken(_)
-                        ) {
-                            this.done = true;
-                        }
-                        return Poll::Ready(Some(item));
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(ProtocolError::Overflow) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Inbound::TooLarge));
-                }
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Inbound::Broken(e.to_string())));
-                }
-            }
-            if Pin::new(&mut this.gone).poll(cx).is_ready() {
-                this.done = true;
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.payload).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => {
-                    if this.buf.is_empty() {
-                        this.buf = BytesMut::from(bytes);
-                    } else {
-                        this.buf.extend_from_slice(&bytes);
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Inbound::Broken(e.to_string())));
-                }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+/// What the session needs of a decoded WebSocket message.
+fn inbound(m: Result<AggregatedMessage, actix_ws::ProtocolError>) -> Inbound {
+    match m {
+        Ok(AggregatedMessage::Text(s)) => Inbound::Text(s.into_bytes()),
+        Ok(AggregatedMessage::Binary(b)) => Inbound::Binary(b),
+        Ok(AggregatedMessage::Ping(b)) => Inbound::Ping(b),
+        Ok(AggregatedMessage::Pong(_)) => Inbound::Pong,
+        Ok(AggregatedMessage::Close(_)) => Inbound::Close,
+        Err(actix_ws::ProtocolError::Overflow) => Inbound::TooLarge,
+        Err(e) => Inbound::Broken(e.to_string()),
     }
 }
 
@@ -209,17 +81,22 @@ pub async fn upgrade(
         return Ok(error_response(&e));
     }
 
-    let mut handshake = actix_http::ws::handshake(req.head())?;
+    // actix-ws does the handshake and decodes the inbound frames (joining continuations up
+    // to the hard limit); outbound, the body drains the connection's outbox instead of
+    // actix-ws's channel, so deliveries never pass through a per-connection task.
+    let (response, _session, stream) = actix_ws::handle(&req, body)?;
     let hard = hard_limit(st.engine.limits.max_frame);
-    let (gone_tx, gone_rx) = oneshot::channel();
-    let stream = InboundFrames::new(body.into_inner(), hard, gone_rx);
+    let stream = stream
+        .max_frame_size(hard)
+        .aggregate_continuations()
+        .max_continuation_size(hard);
     let conn = st.engine.new_conn(&claims.sub, format);
-    let response =
-        handshake.message_body(BoxBody::new(OutboundBody::new(conn.clone(), gone_tx)))?;
+    let (head, transport) = response.into_parts();
+    let response = head.set_body(BoxBody::new(OutboundBody::new(conn.clone(), transport)));
     let engine = st.engine.clone();
     Session::create(move |ctx| {
-        ctx.add_stream(stream);
+        ctx.add_stream(stream.map(inbound));
         Session::new(engine, conn)
     });
-    Ok(HttpResponse::from(response))
+    Ok(response)
 }

@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
-use actix_web::body::{BodySize, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
 use kaiwa_actors::hub::Conn;
 use kaiwa_actors::outbox::Outgoing;
-use tokio::sync::oneshot;
 
 /// Streams a connection's outbox to the socket as WebSocket frames.
 pub struct OutboundBody {
     conn: Arc<Conn>,
-    /// Dropped with this body, which tells the inbound stream that the connection is gone.
-    _gone: oneshot::Sender<()>,
+    /// The body the WebSocket handshake produced, kept (never polled): dropping it with this
+    /// body tells the inbound stream that the connection is gone.
+    _transport: BoxBody,
     done: bool,
     /// The frames of the current turn; swapped with the outbox's queue, so both keep storage.
     batch: VecDeque<Outgoing>,
@@ -25,11 +25,11 @@ pub struct OutboundBody {
 }
 
 impl OutboundBody {
-    /// The body of `conn`; dropping it drops `gone`, which ends the inbound stream.
-    pub fn new(conn: Arc<Conn>, gone: oneshot::Sender<()>) -> Self {
+    /// The body of `conn`; `transport` is the body the WebSocket handshake produced.
+    pub fn new(conn: Arc<Conn>, transport: BoxBody) -> Self {
         OutboundBody {
             conn,
-            _gone: gone,
+            _transport: transport,
             done: false,
             batch: VecDeque::new(),
             frames_out: metrics::counter!("kaiwa_frames_out_total"),
