@@ -51,8 +51,10 @@ if [ "$CLUSTER" = 1 ]; then
     for n in 1 3; do
       f="$OUT/n$n-r${rate:-max}.json"
       RATE=$rate scripts/bench-cluster.sh "$n" "$f" >"$f.txt" 2>&1 || { echo "cluster run failed: $f.txt" >&2; exit 1; }
+      load="max rate (window 64)"
+      if [ -n "$rate" ]; then load="$rate msgs/s"; fi
       TABLE="$TABLE
-| $(date -u +%Y-%m-%d) | ${rate:+$rate msgs/s}${rate:-max rate (window 64)} | $n | $(jq -r '.deliveries_per_sec | floor' "$f") | $(jq -r '.latency_ms.p99' "$f") | $(jq -r '.ack_latency_ms.p99' "$f") | $(jq -r '.loss.lost' "$f") |"
+| $(date -u +%Y-%m-%d) | $load | $n | $(jq -r '.deliveries_per_s | floor' "$f") | $(jq -r '.delivery_latency.p99_ms' "$f") | $(jq -r '.ack_latency.p99_ms' "$f") | $(jq -r '.loss.lost' "$f") |"
     done
   done
   echo "$TABLE"
