@@ -1,96 +1,13 @@
 //! Cluster helpers: a real `redis-server` on a free loopback port (AOF on, an fsync per write,
 //! in a temporary directory), and Kaiwa nodes joined to it.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Node;
 
-/// One redis-server process, killed on drop.
-pub struct Redis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// Starts redis-server with `appendonly yes` and `appendfsync always`.
-    pub fn start() -> Redis {
-        // A port picked free can be taken before redis-server binds it (tests run in
-        // parallel): then redis-server exits, and another port is tried.
-        for _ in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut r = Redis {
-                child: None,
-                port,
-                dir: tempfile::tempdir().unwrap(),
-            };
-            if r.spawn() {
-                return r;
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    /// Starts redis-server on `self.port`; false when it exited (the port was taken).
-    fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                std::thread::sleep(Duration::from_millis(50));
-                if child.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-                self.child = Some(child);
-                return true;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: what was acked must be in the AOF already.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port and directory.
-    pub fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn(), "redis-server did not restart on its port");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// A real redis-server on a free loopback port (AOF, an fsync per write), killed on drop; the
+/// engine's own tests use the same one.
+pub use kaiwa_actors::cluster::test_redis::TestRedis as Redis;
 
 /// Starts `n` nodes (`n1`, `n2`, ...) on `redis` and waits until each sees all of them.
 pub async fn start_cluster(redis: &Redis, n: usize) -> Vec<Node> {

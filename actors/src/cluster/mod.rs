@@ -22,7 +22,6 @@ pub mod membership;
 pub mod placement;
 pub mod presence;
 pub mod redis_conn;
-#[cfg(test)]
 pub mod test_redis;
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! A real `redis-server` for the engine's own tests: a free loopback port, AOF with an fsync per
+//! A real `redis-server` for tests (the engine's and the cluster integration tests): a free loopback port, AOF with an fsync per
 //! write (as production is configured), a temporary directory, stopped on drop.
 
 use std::net::TcpListener;

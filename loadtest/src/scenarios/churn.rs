@@ -13,9 +13,7 @@ use super::{create_users, Ctx};
 use crate::admin::Admin;
 use crate::live::{wait_deliveries, Live, Sampler};
 use crate::net::{connect_error_kind, ConnectStats};
-use crate::pool::Pool;
 use crate::publisher::{drain, publish, BodyKind, PublishPlan};
-use crate::receivers::ReceiverJob;
 use crate::report::Report;
 
 /// Churn knobs.
@@ -67,20 +65,7 @@ pub async fn setup(
 pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Result<Report> {
     let live = Arc::new(Live::default());
     let fan = &plan.fanout;
-    let job = ReceiverJob {
-        target: ctx.target.clone(),
-        first_index: 1,
-        pacing: ctx.pacing,
-        members: fan.receivers.clone(),
-        connect_timeout_s: 300.0,
-    };
-    let pool = Pool::start(
-        job,
-        ctx.per_process,
-        live.clone(),
-        ctx.worker_exe.as_deref(),
-    )
-    .await?;
+    let pool = ctx.start_receivers(1, fan.receivers.clone(), &live).await?;
     let publisher = Arc::new(ctx.target.connect(0, &fan.publishers[0]).await?);
     let drainer = drain(publisher.clone());
     let sampler = Sampler::start(live.clone(), "churn", ctx.progress);

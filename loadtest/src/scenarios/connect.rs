@@ -10,9 +10,8 @@ use serde_json::json;
 use super::{create_users, Ctx};
 use crate::admin::{metric_value, Admin};
 use crate::live::{Live, Sampler};
-use crate::pool::Pool;
 use crate::publisher::PublishResult;
-use crate::receivers::{ReceiverJob, ReceiverSpec};
+use crate::receivers::ReceiverSpec;
 use crate::report::Report;
 
 /// The Prometheus metric with the server's resident memory.
@@ -35,26 +34,19 @@ pub async fn run(ctx: &Ctx, admin: Option<&Admin>, tokens: &[String]) -> anyhow:
     let rss_before = server_rss(admin).await;
     let live = Arc::new(Live::default());
     let sampler = Sampler::start(live.clone(), "connect", ctx.progress);
-    let job = ReceiverJob {
-        target: ctx.target.clone(),
-        first_index: 0,
-        pacing: ctx.pacing,
-        members: tokens
-            .iter()
-            .map(|t| ReceiverSpec {
-                token: t.clone(),
-                convs: vec![],
-            })
-            .collect(),
-        connect_timeout_s: 300.0,
-    };
-    let pool = Pool::start(
-        job,
-        ctx.per_process,
-        live.clone(),
-        ctx.worker_exe.as_deref(),
-    )
-    .await?;
+    let pool = ctx
+        .start_receivers(
+            0,
+            tokens
+                .iter()
+                .map(|t| ReceiverSpec {
+                    token: t.clone(),
+                    convs: vec![],
+                })
+                .collect(),
+            &live,
+        )
+        .await?;
     let started = Instant::now();
     tokio::time::sleep(ctx.duration).await;
     let rss_after = server_rss(admin).await;

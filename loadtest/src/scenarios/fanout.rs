@@ -11,9 +11,8 @@ use serde_json::json;
 use super::{create_users, Ctx};
 use crate::admin::Admin;
 use crate::live::{wait_deliveries, Live, Sampler};
-use crate::pool::Pool;
 use crate::publisher::{drain, publish, BodyKind, PublishPlan, PublishResult};
-use crate::receivers::{ReceiverJob, ReceiverSpec};
+use crate::receivers::ReceiverSpec;
 use crate::report::Report;
 
 /// Fan-out knobs.
@@ -89,20 +88,9 @@ pub fn plan_for(conv: String, tokens: &[String], publishers: usize) -> FanoutPla
 /// the tail arrive, check loss by sync.
 pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Result<Report> {
     let live = Arc::new(Live::default());
-    let job = ReceiverJob {
-        target: ctx.target.clone(),
-        first_index: plan.publishers.len(),
-        pacing: ctx.pacing,
-        members: plan.receivers.clone(),
-        connect_timeout_s: 300.0,
-    };
-    let pool = Pool::start(
-        job,
-        ctx.per_process,
-        live.clone(),
-        ctx.worker_exe.as_deref(),
-    )
-    .await?;
+    let pool = ctx
+        .start_receivers(plan.publishers.len(), plan.receivers.clone(), &live)
+        .await?;
     let mut pubs = Vec::new();
     for (i, t) in plan.publishers.iter().enumerate() {
         let c = ctx

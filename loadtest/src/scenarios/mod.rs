@@ -34,6 +34,31 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Connects `members` as receivers (socket indexes from `first_index`, which spreads them
+    /// over source addresses after the scenario's own clients), in this process or, past
+    /// `per_process`, in worker processes.
+    pub async fn start_receivers(
+        &self,
+        first_index: usize,
+        members: Vec<crate::receivers::ReceiverSpec>,
+        live: &std::sync::Arc<crate::live::Live>,
+    ) -> anyhow::Result<crate::pool::Pool> {
+        let job = crate::receivers::ReceiverJob {
+            target: self.target.clone(),
+            first_index,
+            pacing: self.pacing,
+            members,
+            connect_timeout_s: 300.0,
+        };
+        crate::pool::Pool::start(
+            job,
+            self.per_process,
+            live.clone(),
+            self.worker_exe.as_deref(),
+        )
+        .await
+    }
+
     /// A context with the defaults the binary uses, for library users and tests.
     pub fn new(target: Target, duration: Duration) -> Ctx {
         Ctx {

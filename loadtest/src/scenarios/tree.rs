@@ -14,9 +14,8 @@ use crate::admin::Admin;
 use crate::client::Client;
 use crate::clock;
 use crate::live::{wait_deliveries, Live, Sampler};
-use crate::pool::Pool;
 use crate::publisher::{drain, make_body, BodyKind, PublishResult};
-use crate::receivers::{ReceiverJob, ReceiverSpec};
+use crate::receivers::ReceiverSpec;
 use crate::report::Report;
 
 /// Tree shape.
@@ -108,20 +107,7 @@ pub async fn setup(ctx: &Ctx, admin: &Admin, opts: TreeOpts) -> anyhow::Result<T
 /// until every member has it.
 pub async fn run(ctx: &Ctx, plan: &TreePlan) -> anyhow::Result<Report> {
     let live = Arc::new(Live::default());
-    let job = ReceiverJob {
-        target: ctx.target.clone(),
-        first_index: 1,
-        pacing: ctx.pacing,
-        members: plan.members.clone(),
-        connect_timeout_s: 300.0,
-    };
-    let pool = Pool::start(
-        job,
-        ctx.per_process,
-        live.clone(),
-        ctx.worker_exe.as_deref(),
-    )
-    .await?;
+    let pool = ctx.start_receivers(1, plan.members.clone(), &live).await?;
     let owner = Arc::new(ctx.target.connect(0, &plan.owner_token).await?);
     let drainer = drain(owner.clone());
     let sampler = Sampler::start(live.clone(), "tree", ctx.progress);
