@@ -7,15 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kaiwa_loadtest::{Client, WireFormat};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Lets presence announcements of fresh connections reach every node.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-fn conv_of(v: &Value) -> String {
-    v["conv"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -28,11 +24,8 @@ async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
     let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
     let cb = nodes[1].connect(&b, WireFormat::MsgPack).await;
     settle().await;
-    let conv = conv_of(&ok(&ca, "chat.open", json!({"user": b})).await);
-    assert_eq!(
-        conv_of(&ok(&cb, "chat.open", json!({"user": a})).await),
-        conv
-    );
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    assert_eq!(open_conv(&cb, "chat.open", json!({"user": a})).await, conv);
     assert_eq!(send(&ca, &conv, "1", "hi Bob").await, 1);
     assert_eq!(messages(&cb, 1).await[0]["body"]["text"], "hi Bob");
     assert_eq!(send(&cb, &conv, "1", "hi Ann").await, 2);
@@ -47,14 +40,12 @@ async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
         .await
         .unwrap();
     let owner = nodes[2].connect(&ids[0], WireFormat::Json).await;
-    let group = conv_of(
-        &ok(
-            &owner,
-            "group.create",
-            json!({"name": "Sixty", "kind": "flat"}),
-        )
-        .await,
-    );
+    let group = open_conv(
+        &owner,
+        "group.create",
+        json!({"name": "Sixty", "kind": "flat"}),
+    )
+    .await;
     for u in &ids[1..] {
         ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
     }
@@ -117,14 +108,12 @@ async fn a_node_killed_under_load_and_rejoining_loses_no_acked_message() {
         .unwrap();
     // Created on the node that will die, so the group must move.
     let owner = nodes[1].connect(&ids[0], WireFormat::Json).await;
-    let group = conv_of(
-        &ok(
-            &owner,
-            "group.create",
-            json!({"name": "Load", "kind": "flat"}),
-        )
-        .await,
-    );
+    let group = open_conv(
+        &owner,
+        "group.create",
+        json!({"name": "Load", "kind": "flat"}),
+    )
+    .await;
     for u in &ids[1..] {
         ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
     }
@@ -260,7 +249,7 @@ async fn a_node_rides_out_a_redis_restart() {
     let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
     let cb = nodes[1].connect(&b, WireFormat::Json).await;
     settle().await;
-    let conv = conv_of(&ok(&ca, "chat.open", json!({"user": b})).await);
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
     assert_eq!(send(&ca, &conv, "1", "before").await, 1);
     messages(&cb, 1).await;
 
@@ -299,14 +288,12 @@ async fn a_request_forwarded_to_a_frozen_owner_is_answered_not_left_hanging() {
     let (_a, ca) = nodes[1].user("Ann", None, WireFormat::Json).await;
     let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
     // Created through a client of n2, so n2 owns it; Bob's requests from n1 are forwarded.
-    let group = conv_of(
-        &ok(
-            &ca,
-            "group.create",
-            json!({"name": "Frozen", "kind": "flat"}),
-        )
-        .await,
-    );
+    let group = open_conv(
+        &ca,
+        "group.create",
+        json!({"name": "Frozen", "kind": "flat"}),
+    )
+    .await;
     ok(&ca, "group.add", json!({"conv": group, "user": b})).await;
     let cb = nodes[0].connect(&b, WireFormat::Json).await;
     assert_eq!(send(&cb, &group, "1", "forwarded").await, 1);
@@ -382,19 +369,22 @@ async fn a_user_has_one_activation_and_is_suspended_on_every_node_from_any_node(
     settle().await;
 
     // `convs` from any node gives the same list.
-    let chat = conv_of(&ok(&on_n2, "chat.open", json!({"user": bob})).await);
-    let group = conv_of(
-        &ok(
-            &on_n3,
-            "group.create",
-            json!({"name": "Team", "kind": "flat"}),
-        )
-        .await,
-    );
+    let chat = open_conv(&on_n2, "chat.open", json!({"user": bob})).await;
+    let group = open_conv(
+        &on_n3,
+        "group.create",
+        json!({"name": "Team", "kind": "flat"}),
+    )
+    .await;
     let mut lists = Vec::new();
     for c in [&on_n1, &on_n2, &on_n3] {
         let v = ok(c, "convs", json!({})).await;
-        let mut ids: Vec<String> = v["convs"].as_array().unwrap().iter().map(conv_of).collect();
+        let mut ids: Vec<String> = v["convs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["conv"].as_str().unwrap().to_string())
+            .collect();
         ids.sort();
         lists.push(ids);
     }

@@ -428,66 +428,46 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Body, Message};
+    use crate::store::conformance::{self, msg};
 
-    fn msg(log: &str, seq: u64) -> Write {
-        Write::Append {
-            log: log.into(),
-            msg: StoredMessage {
-                msg: Message {
-                    conv: log.into(),
-                    seq,
-                    msg_id: format!("m{seq}"),
-                    from: "u".into(),
-                    ts: 0,
-                    body: Body::Text(format!("t{seq}")),
-                    thread: None,
-                    origin: None,
-                },
-                client_msg_id: format!("c{seq}"),
-            },
-        }
-    }
-
-    fn block<T>(f: StoreFuture<T>) -> StoreResult<T> {
+    fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(f)
     }
 
     #[test]
     fn appends_are_gapless_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
-            block(s.write(vec![msg("a", 1), msg("a", 2)])).unwrap();
-            assert!(matches!(
-                block(s.write(vec![msg("a", 4)])),
-                Err(StoreError::Conflict(_))
-            ));
-            assert!(matches!(
-                block(s.write(vec![msg("a", 2)])),
-                Err(StoreError::Conflict(_))
-            ));
-            block(s.write(vec![msg("a", 3), msg("b", 1)])).unwrap();
+            conformance::append_three(s.as_ref(), &rt);
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(block(s.last_seq("a")).unwrap(), 3);
-        let (page, more) = block(s.messages("a", 1, 1)).unwrap();
-        assert_eq!(page[0].msg.seq, 2);
-        assert!(more);
-        let tail = block(s.tail("a", 2)).unwrap();
-        assert_eq!(
-            tail.iter().map(|m| m.msg.seq).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        conformance::read_three(s.as_ref(), &rt);
+    }
+
+    #[test]
+    fn a_write_applies_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::all_or_nothing(s.as_ref(), &rt());
+    }
+
+    #[test]
+    fn records_members_and_kv_scan_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::records_members_and_kv(s.as_ref(), &rt());
     }
 
     #[test]
     fn the_writer_remembers_log_ends_across_commits() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
+        let rt = rt();
+        let block = |f| rt.block_on(f);
         for seq in 1..=5 {
             block(s.write(vec![msg("a", seq)])).unwrap();
         }
@@ -502,55 +482,7 @@ mod tests {
         ));
         // A refused job leaves the remembered end alone.
         block(s.write(vec![msg("a", 6), msg("b", 1)])).unwrap();
-        assert_eq!(block(s.last_seq("a")).unwrap(), 6);
-        assert_eq!(block(s.last_seq("b")).unwrap(), 1);
-    }
-
-    #[test]
-    fn members_and_kv_scan_by_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        block(s.write(vec![
-            Write::PutMember {
-                conv: "g".into(),
-                user: "u1".into(),
-                role: Role::Owner,
-            },
-            Write::PutMember {
-                conv: "g".into(),
-                user: "u2".into(),
-                role: Role::Member,
-            },
-            Write::PutMember {
-                conv: "g2".into(),
-                user: "u1".into(),
-                role: Role::Member,
-            },
-            Write::PutKv {
-                key: "link/g/c1".into(),
-                value: vec![1],
-            },
-            Write::PutKv {
-                key: "link/g2/c1".into(),
-                value: vec![2],
-            },
-        ]))
-        .unwrap();
-        let m = block(s.members("g")).unwrap();
-        assert_eq!(
-            m,
-            vec![("u1".into(), Role::Owner), ("u2".into(), Role::Member)]
-        );
-        assert_eq!(
-            block(s.user_convs("u1")).unwrap(),
-            vec!["g".to_string(), "g2".to_string()]
-        );
-        assert_eq!(block(s.kv_scan("link/g/")).unwrap().len(), 1);
-        block(s.write(vec![Write::RemoveMember {
-            conv: "g".into(),
-            user: "u2".into(),
-        }]))
-        .unwrap();
-        assert_eq!(block(s.members("g")).unwrap().len(), 1);
+        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 6);
+        assert_eq!(rt.block_on(s.last_seq("b")).unwrap(), 1);
     }
 }

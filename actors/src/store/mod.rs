@@ -5,6 +5,8 @@
 //! Writes go through [`Store::write`]: the future resolves only once the writes are durable, and
 //! a backend is free to commit many callers' writes together (group commit).
 
+#[cfg(test)]
+pub mod conformance;
 pub mod embedded;
 pub mod records;
 pub mod redis;

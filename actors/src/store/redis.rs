@@ -470,30 +470,8 @@ mod tests {
 
     use super::*;
     use crate::cluster::test_redis::TestRedis;
-    use crate::protocol::{Body, Message};
-
-    fn stored(log: &str, seq: u64, text: &str) -> StoredMessage {
-        StoredMessage {
-            msg: Message {
-                conv: log.into(),
-                seq,
-                msg_id: format!("m{seq}"),
-                from: "u".into(),
-                ts: 0,
-                body: Body::Text(text.into()),
-                thread: None,
-                origin: None,
-            },
-            client_msg_id: format!("c{seq}"),
-        }
-    }
-
-    fn msg(log: &str, seq: u64) -> Write {
-        Write::Append {
-            log: log.into(),
-            msg: stored(log, seq, &format!("t{seq}")),
-        }
-    }
+    use crate::protocol::Body;
+    use crate::store::conformance::{self, msg, stored};
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -515,131 +493,23 @@ mod tests {
     fn appends_are_gapless_and_survive_a_redis_restart() {
         let mut r = TestRedis::start();
         let rt = rt();
-        {
-            let s = open(&r);
-            rt.block_on(s.write(vec![msg("a", 1), msg("a", 2)]))
-                .unwrap();
-            assert!(matches!(
-                rt.block_on(s.write(vec![msg("a", 4)])),
-                Err(StoreError::Conflict(_))
-            ));
-            assert!(matches!(
-                rt.block_on(s.write(vec![msg("a", 2)])),
-                Err(StoreError::Conflict(_))
-            ));
-            rt.block_on(s.write(vec![msg("a", 3), msg("b", 1)]))
-                .unwrap();
-        }
+        conformance::append_three(open(&r).as_ref(), &rt);
         r.restart();
-        let s = open(&r);
-        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 3);
-        assert_eq!(rt.block_on(s.last_seq("none")).unwrap(), 0);
-        let (page, more) = rt.block_on(s.messages("a", 1, 1)).unwrap();
-        assert_eq!(page[0].msg.seq, 2);
-        assert!(more);
-        let (page, more) = rt.block_on(s.messages("a", 1, 10)).unwrap();
-        assert_eq!(page.len(), 2);
-        assert!(!more);
-        let tail = rt.block_on(s.tail("a", 2)).unwrap();
-        assert_eq!(
-            tail.iter().map(|m| m.msg.seq).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
-        assert_eq!(tail[1], stored("a", 3, "t3"));
+        conformance::read_three(open(&r).as_ref(), &rt);
     }
 
     #[test]
     fn a_write_applies_all_or_nothing() {
         let r = TestRedis::start();
-        let rt = rt();
-        let s = open(&r);
-        let refused = rt.block_on(s.write(vec![
-            Write::PutKv {
-                key: "k".into(),
-                value: vec![1],
-            },
-            msg("a", 1),
-            msg("a", 3),
-        ]));
-        assert!(matches!(refused, Err(StoreError::Conflict(_))));
-        assert_eq!(rt.block_on(s.kv("k")).unwrap(), None);
-        assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 0);
+        conformance::all_or_nothing(open(&r).as_ref(), &rt());
     }
 
     #[test]
     fn records_members_and_kv_scan_by_prefix() {
         let r = TestRedis::start();
-        let rt = rt();
-        let s = open(&r);
-        let user = UserRecord {
-            id: "u1".into(),
-            name: "Ann".into(),
-            email: None,
-            phone: None,
-            org: None,
-            title: None,
-            state: UserState::Active,
-        };
-        rt.block_on(s.write(vec![
-            Write::PutUser(user.clone()),
-            Write::PutMember {
-                conv: "g".into(),
-                user: "u2".into(),
-                role: Role::Member,
-            },
-            Write::PutMember {
-                conv: "g".into(),
-                user: "u1".into(),
-                role: Role::Owner,
-            },
-            Write::PutMember {
-                conv: "g2".into(),
-                user: "u1".into(),
-                role: Role::Member,
-            },
-            Write::PutKv {
-                key: "link/g/c1".into(),
-                value: vec![1],
-            },
-            Write::PutKv {
-                key: "link/g2/c1".into(),
-                value: vec![2],
-            },
-        ]))
-        .unwrap();
-        assert_eq!(rt.block_on(s.user("u1")).unwrap(), Some(user));
-        assert_eq!(rt.block_on(s.user("u9")).unwrap(), None);
-        let m = rt.block_on(s.members("g")).unwrap();
-        assert_eq!(
-            m,
-            vec![("u1".into(), Role::Owner), ("u2".into(), Role::Member)]
-        );
-        assert_eq!(
-            rt.block_on(s.user_convs("u1")).unwrap(),
-            vec!["g".to_string(), "g2".to_string()]
-        );
-        assert_eq!(
-            rt.block_on(s.kv_scan("link/g/")).unwrap(),
-            vec![("link/g/c1".to_string(), vec![1])]
-        );
-        assert_eq!(rt.block_on(s.kv_scan("link/")).unwrap().len(), 2);
-        rt.block_on(s.write(vec![
-            Write::RemoveMember {
-                conv: "g".into(),
-                user: "u2".into(),
-            },
-            Write::DeleteKv {
-                key: "link/g/c1".into(),
-            },
-        ]))
-        .unwrap();
-        assert_eq!(rt.block_on(s.members("g")).unwrap().len(), 1);
-        assert!(rt.block_on(s.kv_scan("link/g/")).unwrap().is_empty());
-        assert!(rt.block_on(s.user_convs("u2")).unwrap().is_empty());
+        conformance::records_members_and_kv(open(&r).as_ref(), &rt());
     }
 
-    /// Two stores (two nodes) append to the same log at once: each seq has exactly one winner
-    /// and the log stays gapless.
     #[test]
     fn concurrent_appenders_never_fork_a_log() {
         let r = TestRedis::start();
@@ -651,7 +521,11 @@ mod tests {
             while next <= 200 {
                 let w = Write::Append {
                     log: "shared".into(),
-                    msg: stored("shared", next, who),
+                    msg: {
+                        let mut m = stored("shared", next);
+                        m.msg.body = Body::Text(who.into());
+                        m
+                    },
                 };
                 match s.write(vec![w]).await {
                     Ok(()) => {
