@@ -40,20 +40,7 @@ async fn two_users_chat_over_json() {
 #[tokio::test]
 async fn fifty_member_group_everyone_gets_every_message_once_in_order() {
     let node = Node::start().await;
-    let admin = node.admin();
-    let names: Vec<String> = (0..50).map(|i| format!("member {i}")).collect();
-    let ids = admin.create_users_bulk(&names, None).await.unwrap();
-    let owner = &ids[0];
-    let co = node.connect(owner, WireFormat::Json).await;
-    let conv = open_conv(
-        &co,
-        "group.create",
-        json!({"name": "Fifty", "kind": "flat"}),
-    )
-    .await;
-    for u in &ids[1..] {
-        ok(&co, "group.add", json!({"conv": conv, "user": u})).await;
-    }
+    let (ids, co, conv) = flat_group(&node, &node, 50, "Fifty").await;
     let members = ok(&co, "group.members", json!({"conv": conv})).await;
     assert_eq!(members["members"].as_array().unwrap().len(), 50);
 

@@ -33,22 +33,7 @@ async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
     assert_eq!(got[1]["body"]["text"], "hi Ann");
 
     // A 60-member group spread over the three nodes.
-    let names: Vec<String> = (0..60).map(|i| format!("member {i}")).collect();
-    let ids = nodes[1]
-        .admin()
-        .create_users_bulk(&names, None)
-        .await
-        .unwrap();
-    let owner = nodes[2].connect(&ids[0], WireFormat::Json).await;
-    let group = open_conv(
-        &owner,
-        "group.create",
-        json!({"name": "Sixty", "kind": "flat"}),
-    )
-    .await;
-    for u in &ids[1..] {
-        ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
-    }
+    let (ids, owner, group) = flat_group(&nodes[1], &nodes[2], 60, "Sixty").await;
     let mut clients = vec![owner];
     for (i, u) in ids.iter().enumerate().skip(1) {
         let f = if i % 2 == 0 {
@@ -100,23 +85,8 @@ async fn three_nodes_chat_and_a_sixty_member_group_across_them() {
 async fn a_node_killed_under_load_and_rejoining_loses_no_acked_message() {
     let redis = Redis::start();
     let mut nodes = start_cluster(&redis, 3).await;
-    let names: Vec<String> = (0..6).map(|i| format!("sender {i}")).collect();
-    let ids = nodes[0]
-        .admin()
-        .create_users_bulk(&names, None)
-        .await
-        .unwrap();
     // Created on the node that will die, so the group must move.
-    let owner = nodes[1].connect(&ids[0], WireFormat::Json).await;
-    let group = open_conv(
-        &owner,
-        "group.create",
-        json!({"name": "Load", "kind": "flat"}),
-    )
-    .await;
-    for u in &ids[1..] {
-        ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
-    }
+    let (ids, owner, group) = flat_group(&nodes[0], &nodes[1], 6, "Load").await;
     drop(owner);
 
     let per_sender = 120;

@@ -164,6 +164,30 @@ pub async fn open_conv(c: &Client, op: &str, params: Value) -> String {
         .to_string()
 }
 
+/// A flat group of `n` new users (created through `admin`'s API): the first one, connected to
+/// `via`, creates it as `name` and adds the others. Returns the user ids (owner first), the
+/// owner's client and the group.
+pub async fn flat_group(
+    admin: &Node,
+    via: &Node,
+    n: usize,
+    name: &str,
+) -> (Vec<String>, Client, String) {
+    let names: Vec<String> = (0..n).map(|i| format!("{name} {i}")).collect();
+    let ids = admin.admin().create_users_bulk(&names, None).await.unwrap();
+    let owner = via.connect(&ids[0], WireFormat::Json).await;
+    let group = open_conv(
+        &owner,
+        "group.create",
+        json!({"name": name, "kind": "flat"}),
+    )
+    .await;
+    for u in &ids[1..] {
+        ok(&owner, "group.add", json!({"conv": group, "user": u})).await;
+    }
+    (ids, owner, group)
+}
+
 /// A request that must fail with `code`.
 pub async fn err(c: &Client, op: &str, params: Value, code: &str) {
     match c.request(op, params.clone()).await.unwrap() {
