@@ -7,6 +7,14 @@ use super::*;
 use crate::protocol::{Body, Message};
 use crate::store::{UserRecord, UserState};
 
+/// The runtime the steps run on (timers and I/O on, for backends that talk to a server).
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A stored text message `t<seq>` of `log`.
 pub fn stored(log: &str, seq: u64) -> StoredMessage {
     StoredMessage {

@@ -428,13 +428,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance::{self, msg};
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-    }
+    use crate::store::conformance::{self, msg, runtime as rt};
 
     #[test]
     fn appends_are_gapless_and_survive_reopen() {

@@ -471,14 +471,7 @@ mod tests {
     use super::*;
     use crate::cluster::test_redis::TestRedis;
     use crate::protocol::Body;
-    use crate::store::conformance::{self, msg, stored};
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::store::conformance::{self, msg, runtime as rt, stored};
 
     fn open(r: &TestRedis) -> Arc<RedisStore> {
         RedisStore::new(RedisConn::open(&r.url(), "t:").unwrap(), None)
