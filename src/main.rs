@@ -7,7 +7,7 @@ mod http;
 
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use clap::{Parser, Subcommand};
 use kaiwa_actors::bus::local::LocalBus;
 use kaiwa_actors::bus::redis::RedisBus;
@@ -112,16 +112,12 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             process,
         });
         tracing::info!(host = %s.host, port = s.port, data_dir = %s.data_dir.display(), "kaiwa node listening");
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .workers(s.workers)
-            .backlog(4096)
-            // Replies and events are small writes; Nagle would hold one back until the previous
-            // one is acknowledged (tens of ms with delayed ACKs).
-            .tcp_nodelay(true)
-            .max_connections(1_000_000)
-            .bind((s.host.as_str(), s.port))?
-            .run()
-            .await
+        let listen = http::server::Listen {
+            host: &s.host,
+            port: s.port,
+            workers: s.workers,
+        };
+        http::server::run(state, listen).await
     })?;
     Ok(())
 }

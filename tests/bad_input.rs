@@ -271,7 +271,7 @@ async fn outsiders_and_non_admins_are_refused_and_nothing_leaks() {
 
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_and_the_group_does_not_wait() {
-    let node = Node::start_with(&["--outbox-frames", "64"]).await;
+    let node = Node::start_with(&["--outbox-frames", "256"]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let (s, slow) = node.user("Slow", None, WireFormat::Json).await;

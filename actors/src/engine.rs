@@ -158,13 +158,19 @@ impl Engine {
     }
 
     /// A new connection of `user`, with a fresh id and an outbox sized by the limits.
-    pub fn new_conn(&self, user: &str, format: Option<Format>) -> Arc<Conn> {
+    pub fn new_conn(
+        &self,
+        user: &str,
+        format: Option<Format>,
+        wire: Box<dyn crate::outbox::Wire>,
+    ) -> Arc<Conn> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         Arc::new(Conn::new(
             id,
             user.to_string(),
             self.limits.outbox_frames,
             format,
+            Some(wire),
         ))
     }
 

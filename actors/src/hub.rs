@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Wire};
 use crate::protocol::{Format, Id, SharedEvent};
 
 /// One live WebSocket connection as the engine sees it.
@@ -16,14 +16,21 @@ pub struct Conn {
     /// Unique per node, to tell a user's connections apart.
     pub id: u64,
     pub user: Id,
-    pub outbox: Outbox,
+    pub outbox: Arc<Outbox>,
     /// Encoding of pushed events: 0 = not yet chosen (JSON), 1 = JSON, 2 = MessagePack.
     event_format: AtomicU8,
 }
 
 impl Conn {
-    /// A connection; `format` is the encoding asked for at connect time, if any.
-    pub fn new(id: u64, user: Id, outbox_limit: usize, format: Option<Format>) -> Self {
+    /// A connection writing to `wire`; `format` is the encoding asked for at connect time,
+    /// if any.
+    pub fn new(
+        id: u64,
+        user: Id,
+        outbox_limit: usize,
+        format: Option<Format>,
+        wire: Option<Box<dyn Wire>>,
+    ) -> Self {
         let f = match format {
             None => 0,
             Some(Format::Json) => 1,
@@ -32,7 +39,7 @@ impl Conn {
         Conn {
             id,
             user,
-            outbox: Outbox::new(outbox_limit),
+            outbox: Outbox::new(outbox_limit, wire),
             event_format: AtomicU8::new(f),
         }
     }
@@ -194,7 +201,7 @@ mod tests {
     #[test]
     fn register_deliver_unregister() {
         let hub = Hub::new();
-        let c = Arc::new(Conn::new(1, "u".into(), 8, None));
+        let c = Arc::new(Conn::new(1, "u".into(), 8, None, None));
         hub.register(c.clone());
         let ev = SharedEvent::new(crate::protocol::Event::MemberAdded {
             conv: "c".into(),

@@ -1,11 +1,25 @@
-//! A connection's bounded outbound queue. Producers (conversation actors, the session, the bus)
-//! push pre-encoded frames; the connection's writer drains everything queued at once and writes
-//! it in as few socket writes as it can. No actor mailbox sits on this path.
+//! A connection's bounded outbound queue, and the writes that empty it.
+//!
+//! Producers (conversation actors, the session, the bus) push frames that are framed already
+//! ([`OutFrame::wire`]). A push does not write: it queues the frame and marks the connection dirty
+//! on the producer's thread. When the producer's current turn is over, one flush per thread
+//! writes every dirty connection straight to its socket, everything queued in one vectored
+//! write. So a message to a thousand members costs a thousand writes and no task wake-ups, and a
+//! burst of messages released together costs one write per member, not one per message.
+//!
+//! Only when a socket does not take everything (the reader is slow) does the connection's own
+//! writer task take over: it waits until the socket is writable and goes on from there. A
+//! reader that lets `limit` frames pile up is cut off with [`CLOSE_SLOW_CONSUMER`]; nobody else
+//! waits for it. No actor mailbox sits on this path, and the only lock is the connection's own.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
+use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use crate::protocol::OutFrame;
@@ -19,108 +33,157 @@ pub const CLOSE_PING_TIMEOUT: u16 = 4009;
 /// Close code (RFC 6455 "message too big") for a frame past the hard frame limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-/// Something the writer must put on the wire.
+/// Most buffers handed to one vectored write (Linux takes up to 1,024).
+const MAX_IOV: usize = 64;
+
+/// The socket under a connection, as the outbox writes to it. Implemented by the transport;
+/// both calls must return at once.
+pub trait Wire: Send + Sync + 'static {
+    /// Writes as much of `bufs` as the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Ends the connection in both directions: the peer sees the end of the stream after what
+    /// was written, and the local reader sees the end of its input.
+    fn shutdown(&self);
+}
+
+/// A control frame for the writer.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    Data(OutFrame),
     Ping,
     Pong(Bytes),
 }
 
-/// Why and how the writer must close the connection.
+/// Why the connection is closing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
     pub code: u16,
     pub reason: String,
 }
 
-/// What the writer takes in one turn besides the frames: possibly the close, after them.
-#[derive(Debug, Default)]
-pub struct Drained {
-    pub close: Option<Closing>,
+/// What a flush achieved; tells the connection's writer what to wait for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is on the socket.
+    Empty,
+    /// The socket took less than everything: wait until it is writable.
+    Blocked,
+    /// The close frame is written (or the socket failed): the connection is over.
+    Done,
 }
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Outgoing>,
+    /// Frames not yet written, in order; the first may be partly written already.
+    queue: VecDeque<Bytes>,
+    /// The first frame is partly written: it must be finished before anything else.
+    partial: bool,
     close: Option<Closing>,
-    close_taken: bool,
-    waker: Option<Waker>,
+    /// The close frame is queued: nothing more may be.
+    close_queued: bool,
+    /// The connection is over; the writer has nothing left to do.
+    done: bool,
+    /// The writer task, sleeping until it is needed.
+    writer: Option<Waker>,
 }
 
-/// The bounded queue. `limit` counts data frames; control frames always fit.
+/// The bounded queue of one connection.
 pub struct Outbox {
     state: Mutex<State>,
     limit: usize,
+    wire: Option<Box<dyn Wire>>,
+    frames_out: metrics::Counter,
 }
 
 impl Outbox {
-    /// An empty queue that holds at most `limit` frames before cutting the reader off.
-    pub fn new(limit: usize) -> Self {
-        Outbox {
+    /// A queue that holds at most `limit` unwritten frames before cutting the reader off and
+    /// writes to `wire`. Without a wire, frames stay queued (tests look at them there).
+    pub fn new(limit: usize, wire: Option<Box<dyn Wire>>) -> Arc<Self> {
+        Arc::new(Outbox {
             state: Mutex::new(State::default()),
             limit: limit.max(1),
-        }
-    }
-
-    fn wake(waker: Option<Waker>) {
-        if let Some(w) = waker {
-            w.wake();
-        }
+            wire,
+            frames_out: metrics::counter!("kaiwa_frames_out_total"),
+        })
     }
 
     /// Queues a data frame. Returns false when the connection is closing or the queue was full;
     /// a full queue closes the connection with [`CLOSE_SLOW_CONSUMER`] and drops what it held.
-    pub fn push(&self, frame: OutFrame) -> bool {
+    pub fn push(self: &Arc<Self>, frame: OutFrame) -> bool {
         let mut s = self.state.lock();
         if s.close.is_some() {
             return false;
         }
-        if s.frames.len() >= self.limit {
-            s.frames.clear();
-            s.close = Some(Closing {
-                code: CLOSE_SLOW_CONSUMER,
-                reason: "slow consumer: outbound queue full, resync after reconnect".into(),
-            });
+        if s.queue.len() >= self.limit {
+            // Drop what is queued, except the rest of a frame the socket has begun.
+            let keep = if s.partial { 1 } else { 0 };
+            s.queue.truncate(keep);
             metrics::counter!("kaiwa_slow_consumers_total").increment(1);
-            let w = s.waker.take();
-            drop(s);
-            Self::wake(w);
+            self.queue_close(
+                &mut s,
+                CLOSE_SLOW_CONSUMER,
+                "slow consumer: outbound queue full, resync after reconnect".into(),
+            );
             return false;
         }
-        let was_empty = s.frames.is_empty();
-        s.frames.push_back(Outgoing::Data(frame));
-        // The writer only sleeps on an empty queue, so only the first push needs to wake it.
-        let w = if was_empty { s.waker.take() } else { None };
+        let first = s.queue.is_empty();
+        s.queue.push_back(frame.wire);
         drop(s);
-        Self::wake(w);
+        self.frames_out.increment(1);
+        if first {
+            self.schedule();
+        }
         true
     }
 
-    /// Queues a control frame (ping or pong); these do not count against the bound.
-    pub fn push_control(&self, out: Outgoing) {
+    /// Queues a control frame (ping or pong): these fit even in a full queue.
+    pub fn push_control(self: &Arc<Self>, out: Outgoing) {
+        let mut buf = BytesMut::with_capacity(16);
+        match out {
+            Outgoing::Ping => Parser::write_message(&mut buf, b"", OpCode::Ping, true, false),
+            Outgoing::Pong(b) => {
+                Parser::write_message(&mut buf, &b[..b.len().min(125)], OpCode::Pong, true, false)
+            }
+        }
         let mut s = self.state.lock();
         if s.close.is_some() {
             return;
         }
-        s.frames.push_back(out);
-        let w = s.waker.take();
+        let first = s.queue.is_empty();
+        s.queue.push_back(buf.freeze());
         drop(s);
-        Self::wake(w);
+        if first {
+            self.schedule();
+        }
     }
 
-    /// Asks the writer to send what is queued, then a close frame, then end the connection.
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
+    /// Writes what is queued, then a close frame, then ends the connection.
+    pub fn close(self: &Arc<Self>, code: u16, reason: impl Into<String>) {
         let mut s = self.state.lock();
         if s.close.is_none() {
-            s.close = Some(Closing {
-                code,
-                reason: reason.into(),
-            });
+            self.queue_close(&mut s, code, reason.into());
         }
-        let w = s.waker.take();
-        drop(s);
-        Self::wake(w);
+    }
+
+    /// Queues the close frame and hands the rest to the writer, which ends the connection
+    /// once the frame is out. Takes the lock held by the caller.
+    fn queue_close(&self, s: &mut State, code: u16, mut reason: String) {
+        let mut cut = reason.len().min(120);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        let mut buf = BytesMut::with_capacity(reason.len() + 8);
+        let close = CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.clone()),
+        };
+        Parser::write_close(&mut buf, Some(close), false);
+        s.queue.push_back(buf.freeze());
+        s.close = Some(Closing { code, reason });
+        s.close_queued = true;
+        if let Some(w) = s.writer.take() {
+            w.wake();
+        }
     }
 
     /// True once a close was requested (by the server or because the queue overflowed).
@@ -128,9 +191,14 @@ impl Outbox {
         self.state.lock().close.is_some()
     }
 
-    /// Number of data and control frames waiting.
+    /// The close requested, if any.
+    pub fn closing(&self) -> Option<Closing> {
+        self.state.lock().close.clone()
+    }
+
+    /// Number of frames (data and control) not yet written.
     pub fn len(&self) -> usize {
-        self.state.lock().frames.len()
+        self.state.lock().queue.len()
     }
 
     /// True when nothing waits.
@@ -138,92 +206,294 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// For the writer: moves everything queued into `batch` (which must be empty), or registers
-    /// the waker and returns `Pending`. Returns `Ready(None)` after the close has been handed out
-    /// once. The queue and the writer's batch swap buffers, so a busy connection allocates no
-    /// queue storage per delivery.
-    pub fn poll_drain(
-        &self,
-        cx: &mut Context<'_>,
-        batch: &mut VecDeque<Outgoing>,
-    ) -> Poll<Option<Drained>> {
-        debug_assert!(batch.is_empty());
+    /// The queued frames, for tests without a socket.
+    pub fn queued(&self) -> Vec<Bytes> {
+        self.state.lock().queue.iter().cloned().collect()
+    }
+
+    /// Gets the first frame of a burst written: by this thread's flush at the end of its turn
+    /// when the thread runs actors, else by the connection's writer task.
+    fn schedule(self: &Arc<Self>) {
+        if self.wire.is_none() {
+            return;
+        }
+        if !dirty::add(self) {
+            self.wake_writer();
+        }
+    }
+
+    fn wake_writer(&self) {
+        let w = self.state.lock().writer.take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Writes as much as the socket takes now (no waiting).
+    pub fn flush(&self) -> Flushed {
+        let Some(wire) = &self.wire else {
+            return Flushed::Empty;
+        };
         let mut s = self.state.lock();
-        if s.close_taken {
-            return Poll::Ready(None);
-        }
-        if s.frames.is_empty() && s.close.is_none() {
-            if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                s.waker = Some(cx.waker().clone());
+        loop {
+            if s.done {
+                return Flushed::Done;
             }
-            return Poll::Pending;
+            if s.queue.is_empty() {
+                if s.close_queued {
+                    s.done = true;
+                    drop(s);
+                    wire.shutdown();
+                    return Flushed::Done;
+                }
+                return Flushed::Empty;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = s.queue.len().min(MAX_IOV);
+            for (slot, b) in iov.iter_mut().zip(s.queue.iter()) {
+                *slot = IoSlice::new(b);
+            }
+            match wire.try_write(&iov[..n]) {
+                Ok(0) => return self.fail(s, wire.as_ref()),
+                Ok(mut written) => {
+                    while written > 0 {
+                        let front = s.queue.front_mut().expect("written bytes were queued");
+                        if written >= front.len() {
+                            written -= front.len();
+                            s.queue.pop_front();
+                            s.partial = false;
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                            s.partial = true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.fail(s, wire.as_ref()),
+            }
         }
-        std::mem::swap(&mut s.frames, batch);
-        let close = s.close.clone();
-        if close.is_some() {
-            s.close_taken = true;
+    }
+
+    /// The peer is gone: nothing more will be written.
+    fn fail(&self, mut s: parking_lot::MutexGuard<'_, State>, wire: &dyn Wire) -> Flushed {
+        s.queue.clear();
+        s.done = true;
+        if s.close.is_none() {
+            s.close = Some(Closing {
+                code: 1006,
+                reason: "connection lost".into(),
+            });
         }
-        Poll::Ready(Some(Drained { close }))
+        drop(s);
+        wire.shutdown();
+        Flushed::Done
+    }
+
+    /// For the connection's writer task: ready when a flush is needed that no producer's flush
+    /// will do (the socket blocked, or a close is queued); otherwise remembers the task.
+    pub fn poll_needed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.state.lock();
+        if s.done || s.close_queued {
+            return Poll::Ready(());
+        }
+        if !s.queue.is_empty() && s.writer.is_none() {
+            // Queued but not flushed: the producer could not flush (no actor thread) or a
+            // flush blocked and handed over.
+            return Poll::Ready(());
+        }
+        if !s.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.writer = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// For a producer's flush that found the socket full: the writer takes over.
+    fn hand_over(&self) {
+        self.wake_writer();
+    }
+}
+
+/// The per-thread list of connections with frames to write, flushed once per turn.
+mod dirty {
+    use super::*;
+
+    thread_local! {
+        static DIRTY: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Adds `ob` to this thread's next flush, scheduling it if it is the first. False when this
+    /// thread runs no actors, so no flush can be scheduled on it.
+    pub(super) fn add(ob: &Arc<Outbox>) -> bool {
+        DIRTY.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_empty() {
+                let Some(arbiter) = actix::Arbiter::try_current() else {
+                    return false;
+                };
+                // The flush is queued behind the tasks that are ready now, so everything they
+                // push joins the same writes.
+                if !arbiter.spawn(async { flush_all() }) {
+                    return false;
+                }
+            }
+            d.push(ob.clone());
+            true
+        })
+    }
+
+    /// Writes every dirty connection of this thread.
+    fn flush_all() {
+        let list = DIRTY.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        for ob in &list {
+            if ob.flush() == Flushed::Blocked {
+                ob.hand_over();
+            }
+        }
+        // Give the storage back for the next turn, unless a flush pushed in the meantime.
+        DIRTY.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_empty() && d.capacity() < list.capacity() {
+                let mut list = list;
+                list.clear();
+                *d = list;
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::task::noop_waker;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn frame() -> OutFrame {
-        OutFrame {
-            data: Bytes::from_static(b"{}"),
-            binary: false,
+        OutFrame::new(b"{}", false)
+    }
+
+    /// A socket that takes `room` bytes, then blocks.
+    struct FakeWire {
+        room: AtomicUsize,
+        written: Mutex<Vec<u8>>,
+        shut: AtomicUsize,
+    }
+
+    impl Wire for Arc<FakeWire> {
+        fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut n = 0;
+            let mut out = self.written.lock();
+            for b in bufs {
+                let room = self.room.load(Ordering::Relaxed) - n;
+                let take = b.len().min(room);
+                out.extend_from_slice(&b[..take]);
+                n += take;
+                if take < b.len() {
+                    break;
+                }
+            }
+            self.room.fetch_sub(n, Ordering::Relaxed);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
         }
+
+        fn shutdown(&self) {
+            self.shut.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fake(room: usize) -> Arc<FakeWire> {
+        Arc::new(FakeWire {
+            room: AtomicUsize::new(room),
+            written: Mutex::new(Vec::new()),
+            shut: AtomicUsize::new(0),
+        })
     }
 
     #[test]
     fn overflow_cuts_the_reader_off_with_a_clear_code() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, None);
         assert!(o.push(frame()));
         assert!(o.push(frame()));
         assert!(!o.push(frame()));
-        let waker = noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut batch = VecDeque::new();
-        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx, &mut batch) else {
-            panic!("nothing drained")
-        };
-        assert!(batch.is_empty());
-        assert_eq!(d.close.unwrap().code, CLOSE_SLOW_CONSUMER);
-        assert!(matches!(
-            o.poll_drain(&mut cx, &mut batch),
-            Poll::Ready(None)
-        ));
+        assert_eq!(o.closing().unwrap().code, CLOSE_SLOW_CONSUMER);
+        // What was queued is dropped; only the close frame is left.
+        let q = o.queued();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0][0], 0x88);
+        assert!(!o.push(frame()));
     }
 
     #[test]
-    fn drains_everything_queued_in_one_turn() {
-        let o = Outbox::new(10);
-        for _ in 0..5 {
-            o.push(frame());
+    fn a_flush_writes_everything_queued_in_order_and_resumes_after_a_partial_write() {
+        let w = fake(5);
+        let o = Outbox::new(10, Some(Box::new(w.clone())));
+        let frames: Vec<OutFrame> = (0..3)
+            .map(|i| OutFrame::new(format!("{{\"n\":{i}}}").as_bytes(), false))
+            .collect();
+        for f in &frames {
+            o.push(f.clone());
         }
-        let waker = noop_waker();
+        assert_eq!(o.flush(), Flushed::Blocked);
+        w.room.store(1 << 20, Ordering::Relaxed);
+        assert_eq!(o.flush(), Flushed::Empty);
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.wire.to_vec()).collect();
+        assert_eq!(*w.written.lock(), expected);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn overflow_finishes_a_frame_the_socket_has_begun_before_the_close() {
+        let w = fake(3);
+        let o = Outbox::new(2, Some(Box::new(w.clone())));
+        let f = OutFrame::new(b"[1,2,3,4]", false);
+        o.push(f.clone());
+        assert_eq!(o.flush(), Flushed::Blocked);
+        o.push(f.clone());
+        assert!(!o.push(f.clone()));
+        w.room.store(1 << 20, Ordering::Relaxed);
+        assert_eq!(o.flush(), Flushed::Done);
+        let out = w.written.lock().clone();
+        assert_eq!(
+            &out[..f.wire.len()],
+            &f.wire[..],
+            "the begun frame is whole"
+        );
+        assert_eq!(out[f.wire.len()], 0x88, "then the close frame");
+        assert_eq!(out.len(), f.wire.len() + 4 + CLOSE_SLOW_CONSUMER_REASON_LEN);
+    }
+
+    const CLOSE_SLOW_CONSUMER_REASON_LEN: usize =
+        "slow consumer: outbound queue full, resync after reconnect".len();
+
+    #[test]
+    fn close_writes_the_queue_then_the_close_frame_then_shuts_down() {
+        let w = fake(1 << 20);
+        let o = Outbox::new(10, Some(Box::new(w.clone())));
+        o.push(frame());
+        o.close(CLOSE_USER_DISABLED, "user is no longer active");
+        assert!(!o.push(frame()), "nothing is queued after the close");
+        assert_eq!(o.flush(), Flushed::Done);
+        let out = w.written.lock().clone();
+        assert_eq!(&out[..4], &frame().wire[..]);
+        assert_eq!(out[4], 0x88, "a close frame follows");
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), CLOSE_USER_DISABLED);
+        assert_eq!(w.shut.load(Ordering::Relaxed), 1);
+        assert_eq!(o.flush(), Flushed::Done);
+    }
+
+    #[test]
+    fn the_writer_is_needed_only_for_what_no_flush_will_write() {
+        let o = Outbox::new(10, Some(Box::new(fake(0))));
+        let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut batch = VecDeque::new();
-        let Poll::Ready(Some(d)) = o.poll_drain(&mut cx, &mut batch) else {
-            panic!("nothing drained")
-        };
-        assert_eq!(batch.len(), 5);
-        assert!(d.close.is_none());
-        batch.clear();
-        assert!(o.poll_drain(&mut cx, &mut batch).is_pending());
-        // The buffers swap: the next burst reuses the storage of the last one.
-        let cap = batch.capacity();
+        assert!(o.poll_needed(&mut cx).is_pending());
+        // Not on an actor thread: the push cannot be flushed by its producer.
         o.push(frame());
-        let Poll::Ready(Some(_)) = o.poll_drain(&mut cx, &mut batch) else {
-            panic!("nothing drained")
-        };
-        assert_eq!(batch.len(), 1);
-        batch.clear();
-        o.push(frame());
-        assert!(o.state.lock().frames.capacity() >= cap);
+        assert!(o.poll_needed(&mut cx).is_ready());
+        o.close(1000, "bye");
+        assert!(o.poll_needed(&mut cx).is_ready());
     }
 }

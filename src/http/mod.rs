@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod ops;
+pub mod server;
 pub mod ws;
-pub mod ws_body;
+pub mod ws_reader;
+pub mod ws_wire;
 
 use std::sync::Arc;
 
@@ -26,7 +28,7 @@ pub struct AppState {
 
 /// Mounts every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(ws::upgrade))
+    cfg.route("/ws", web::get().to(ws::not_upgraded))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/metrics", web::get().to(ops::metrics))
         .configure(admin::routes);

@@ -139,7 +139,7 @@ impl Cluster {
             conn,
             re,
             binary: frame.binary,
-            data: frame.data,
+            data: frame.payload(),
         };
         self.send(self.inbox(node), &wire, None);
     }
@@ -151,7 +151,7 @@ impl Cluster {
             return;
         }
         if let Some(c) = self.hub.conns_of(&user).into_iter().find(|c| c.id == conn) {
-            c.outbox.push(OutFrame { data, binary });
+            c.outbox.push(OutFrame::new(&data, binary));
         }
     }
 

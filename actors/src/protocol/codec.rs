@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use bytes::Bytes;
+use actix_http::ws::{OpCode, Parser};
+use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,11 +19,37 @@ pub enum Format {
     MsgPack,
 }
 
-/// One outbound WebSocket data frame, already encoded. Cloning shares the bytes.
+/// One outbound WebSocket data frame, encoded and framed once: `wire` holds the frame header and
+/// the payload, ready for the socket. Cloning shares the bytes, so a fan-out to a thousand
+/// connections writes the same buffer a thousand times and copies nothing.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
-    pub data: Bytes,
+    /// The whole WebSocket frame (server frames are never masked).
+    pub wire: Bytes,
+    /// Length of the frame header: the payload starts here in `wire`.
+    head: u8,
+    /// Binary (MessagePack) or text (JSON) frame.
     pub binary: bool,
+}
+
+impl OutFrame {
+    /// Frames an encoded payload as one final text or binary WebSocket frame.
+    pub fn new(payload: &[u8], binary: bool) -> Self {
+        let op = if binary { OpCode::Binary } else { OpCode::Text };
+        let mut buf = BytesMut::with_capacity(payload.len() + 10);
+        Parser::write_message(&mut buf, payload, op, true, false);
+        let head = (buf.len() - payload.len()) as u8;
+        OutFrame {
+            wire: buf.freeze(),
+            head,
+            binary,
+        }
+    }
+
+    /// The encoded payload, without the frame header (shares the bytes).
+    pub fn payload(&self) -> Bytes {
+        self.wire.slice(self.head as usize..)
+    }
 }
 
 /// Encodes a value in the given format.
@@ -32,10 +59,7 @@ pub fn encode<T: Serialize>(format: Format, value: &T) -> OutFrame {
         Format::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
     };
     match encoded {
-        Ok(v) => OutFrame {
-            data: Bytes::from(v),
-            binary: format == Format::MsgPack,
-        },
+        Ok(v) => OutFrame::new(&v, format == Format::MsgPack),
         Err(e) => {
             tracing::error!("frame failed to encode: {e}");
             reply_err(
@@ -71,10 +95,7 @@ pub fn reply_err(format: Format, re: Option<u64>, err: &KaiwaError) -> OutFrame 
         Format::Json => serde_json::to_vec(&value).ok(),
         Format::MsgPack => rmp_serde::to_vec_named(&value).ok(),
     };
-    OutFrame {
-        data: Bytes::from(encoded.unwrap_or_default()),
-        binary: format == Format::MsgPack,
-    }
+    OutFrame::new(&encoded.unwrap_or_default(), format == Format::MsgPack)
 }
 
 fn parse<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, String> {
@@ -211,12 +232,13 @@ mod tests {
             thread: None,
             origin: None,
         }));
-        let j: serde_json::Value = serde_json::from_slice(&ev.frame(Format::Json).data).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_slice(&ev.frame(Format::Json).payload()).unwrap();
         assert_eq!(j["ev"], "message");
         assert_eq!(j["body"]["text"], "hey");
         let m = ev.frame(Format::MsgPack);
         assert!(m.binary);
-        let back: serde_json::Value = rmp_serde::from_slice(&m.data).unwrap();
+        let back: serde_json::Value = rmp_serde::from_slice(&m.payload()).unwrap();
         assert_eq!(back, j);
     }
 }

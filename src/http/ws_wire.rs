@@ -1,0 +1,47 @@
+//! The outbound side of a WebSocket connection: the socket as the outbox writes to it, and the
+//! writer task that takes over when the socket is full.
+//!
+//! Most frames never see the writer task: the thread that queued them writes them at the end of
+//! its turn (see `kaiwa_actors::outbox`). The task only waits for room on the socket of a slow
+//! reader, writes the close frame, and ends the connection.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use kaiwa_actors::outbox::{Flushed, Outbox, Wire};
+use tokio::net::TcpStream;
+
+/// A connection's TCP socket, shared by its reader, its writer task and every thread that
+/// flushes frames to it.
+pub struct TcpWire(pub Arc<TcpStream>);
+
+impl Wire for TcpWire {
+    fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn shutdown(&self) {
+        // Errors mean the socket is gone already, which is what was asked.
+        let _ = socket2::SockRef::from(&*self.0).shutdown(Shutdown::Both);
+    }
+}
+
+/// Runs until the connection is over: writes whatever no producer could, waiting for room on
+/// the socket when it is full.
+pub async fn run_writer(sock: &TcpStream, outbox: &Outbox) {
+    loop {
+        match outbox.flush() {
+            Flushed::Done => return,
+            Flushed::Blocked => {
+                if sock.writable().await.is_err() {
+                    // The runtime is going away; so is the connection.
+                    let _ = socket2::SockRef::from(sock).shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            Flushed::Empty => poll_fn(|cx| outbox.poll_needed(cx)).await,
+        }
+    }
+}
