@@ -122,6 +122,8 @@ pub async fn upgrade(
             return refuse(&mut framed, &e).await;
         }
     };
+    // The request's headers share the dispatcher's 8 KiB read buffer: let both go now.
+    drop(req);
     framed
         .send(Message::Item((res, BodySize::None)))
         .await
@@ -136,6 +138,8 @@ pub async fn upgrade(
         BytesMut::from(&parts.read_buf[..])
     };
     let sock = Arc::new(parts.io);
+    // Not a partial move: the buffers must go now, not when the connection ends.
+    drop((parts.read_buf, parts.write_buf, parts.codec));
     // Replies and events are small writes; Nagle would hold one back until the previous one is
     // acknowledged (tens of ms with delayed ACKs).
     sock.set_nodelay(true)?;
@@ -152,7 +156,11 @@ pub async fn upgrade(
         ctx.add_stream(reader);
         Session::new(engine, session_conn)
     });
-    run_writer(&sock, &conn.outbox).await;
+    // The writer gets a task of its own, a small one: this future (and the dispatcher task
+    // that runs it, ~2.7 KiB) ends here.
+    let outbox = conn.outbox.clone();
+    drop(conn);
+    actix_web::rt::spawn(async move { run_writer(&sock, &outbox).await });
     Ok(())
 }
 
