@@ -49,6 +49,16 @@ pub fn stamped_text(len: usize) -> String {
     text
 }
 
+/// A padded text marked as sent during the warm-up: it counts for delivery and loss, but
+/// [`parse_stamp`] finds no send time in it, so no latency histogram records it.
+pub fn warmup_text(len: usize) -> String {
+    let mut text = format!("w{} ", now_ns());
+    if text.len() < len {
+        text.extend(std::iter::repeat_n('x', len - text.len()));
+    }
+    text
+}
+
 /// The send time at the start of a stamped text, if there is one.
 pub fn parse_stamp(text: &str) -> Option<u64> {
     text.split(' ').next()?.parse().ok()
@@ -65,5 +75,8 @@ mod tests {
         let s = parse_stamp(&t).unwrap();
         assert!(s <= now_ns());
         assert!(parse_stamp("hello").is_none());
+        let w = warmup_text(100);
+        assert_eq!(w.len(), 100);
+        assert!(parse_stamp(&w).is_none(), "warm-up sends are not measured");
     }
 }

@@ -17,9 +17,17 @@ pub struct Live {
     pub errors: AtomicU64,
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Send→ack latencies of every publisher of the run, in one histogram: a histogram is
+    /// ~200 KiB, and a chat run has ten thousand publishers.
+    pub ack_latency: std::sync::Mutex<crate::stats::Latency>,
 }
 
 impl Live {
+    /// Takes the send→ack histogram recorded so far.
+    pub fn take_ack_latency(&self) -> crate::stats::Latency {
+        std::mem::take(&mut *self.ack_latency.lock().unwrap())
+    }
+
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);

@@ -50,6 +50,10 @@ struct Common {
     /// Draw throughput and latency charts into this SVG file.
     #[arg(long, global = true)]
     chart: Option<PathBuf>,
+    /// Seconds at the start of the traffic whose latencies are not recorded (they still count
+    /// for throughput and loss).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    warmup: f64,
     /// Message body size in bytes.
     #[arg(long, global = true, default_value_t = 100)]
     payload: usize,
@@ -159,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = Admin::new(&target.http_base(), &c.admin_key);
     let mut ctx = Ctx::new(target, Duration::from_secs_f64(c.duration));
     ctx.payload = c.payload;
+    ctx.warmup = Duration::from_secs_f64(c.warmup.clamp(0.0, c.duration));
     ctx.progress = std::io::stderr().is_terminal();
     ctx.per_process = c.per_process;
     ctx.pacing = Pacing {

@@ -28,12 +28,19 @@ pub struct PublishPlan {
     pub conv: String,
     /// Messages per second for this publisher; None = as fast as the window allows.
     pub rate: Option<f64>,
+    /// Where in its send interval this publisher starts, as a fraction in [0, 1). Publishers of
+    /// one run get evenly spread phases, so that a total rate arrives as a steady stream and not
+    /// as one burst from every publisher at each tick.
+    pub phase: f64,
     /// At most this many sends without an ack.
     pub window: usize,
     /// Body text size in bytes.
     pub payload: usize,
     /// Stop sending at this instant.
     pub until: Instant,
+    /// Sends before this instant are warm-up: acked and delivered, but their latencies are
+    /// not recorded.
+    pub measure_from: Instant,
     /// At most this many messages (None = until the deadline).
     pub max_messages: Option<u64>,
     /// Makes `client_msg_id`s unique across publishers and runs.
@@ -47,7 +54,7 @@ pub struct PublishResult {
     pub sent: u64,
     /// Seqs of acked messages, sorted.
     pub acked: Vec<u64>,
-    /// Send → ack time.
+    /// Send → ack time (publishers record into [`Live::ack_latency`]; scenarios move it here).
     pub ack_latency: Latency,
     pub errors: Errors,
 }
@@ -68,9 +75,13 @@ impl PublishResult {
     }
 }
 
-/// Builds the body of one stamped message.
-pub fn make_body(kind: &BodyKind, payload: usize) -> Value {
-    let text = clock::stamped_text(payload);
+/// Builds the body of one stamped message (marked as warm-up when `warmup`).
+pub fn make_body(kind: &BodyKind, payload: usize, warmup: bool) -> Value {
+    let text = if warmup {
+        clock::warmup_text(payload)
+    } else {
+        clock::stamped_text(payload)
+    };
     match kind {
         BodyKind::Text => json!({ "text": text }),
         BodyKind::Announcement => {
@@ -84,7 +95,11 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
     let window = plan.window.max(1);
     let permits = Arc::new(Semaphore::new(window));
     let result = Arc::new(Mutex::new(PublishResult::default()));
-    let start = Instant::now();
+    let offset = plan
+        .rate
+        .map(|r| plan.phase.clamp(0.0, 1.0) / r.max(0.001))
+        .unwrap_or(0.0);
+    let start = Instant::now() + Duration::from_secs_f64(offset);
     let mut n: u64 = 0;
     loop {
         if Instant::now() >= plan.until || plan.max_messages.is_some_and(|m| n >= m) {
@@ -102,10 +117,11 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
             _ = tokio::time::sleep_until(plan.until.into()) => break,
         };
         n += 1;
+        let warmup = Instant::now() < plan.measure_from;
         let params = json!({
             "conv": plan.conv,
             "client_msg_id": format!("{}-{n}", plan.id_prefix),
-            "body": make_body(&plan.body, plan.payload),
+            "body": make_body(&plan.body, plan.payload, warmup),
         });
         let (client, live, result) = (client.clone(), live.clone(), result.clone());
         tokio::spawn(async move {
@@ -119,7 +135,9 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
                 Ok(Ok(ok)) => match ok.get("seq").and_then(Value::as_u64) {
                     Some(seq) => {
                         r.acked.push(seq);
-                        r.ack_latency.record_ns(took);
+                        if !warmup {
+                            live.ack_latency.lock().unwrap().record_ns(took);
+                        }
                         Live::bump(&live.acked);
                     }
                     None => {

@@ -114,13 +114,16 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
     let per_sender = opts.rate.map(|r| r / senders.len().max(1) as f64);
     let tasks: Vec<_> = senders
         .iter()
-        .map(|(i, conv)| {
+        .enumerate()
+        .map(|(s, (i, conv))| {
             let plan = PublishPlan {
                 conv: conv.clone(),
                 rate: per_sender,
+                phase: s as f64 / senders.len() as f64,
                 window: opts.window,
                 payload: ctx.payload,
                 until,
+                measure_from: started + ctx.warmup,
                 max_messages: None,
                 id_prefix: format!("{}-c{i}", ctx.run_id),
                 body: BodyKind::Text,
@@ -142,6 +145,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
         total.merge(&r);
     }
     total.sort();
+    total.ack_latency.merge(&live.take_ack_latency());
     // Every acked message reaches both sides of its pair.
     wait_deliveries(
         &live,

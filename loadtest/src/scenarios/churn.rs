@@ -76,9 +76,11 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
         PublishPlan {
             conv: fan.conv.clone(),
             rate: Some(opts.rate),
+            phase: 0.0,
             window: 64,
             payload: ctx.payload,
             until,
+            measure_from: started + ctx.warmup,
             max_messages: None,
             id_prefix: format!("{}-churn", ctx.run_id),
             body: BodyKind::Text,
@@ -87,7 +89,8 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
     ));
     let first_index = 1 + fan.receivers.len();
     let churn = churn_loop(ctx, &plan.churners, first_index, opts, until, live.clone()).await;
-    let sent = pub_task.await?;
+    let mut sent = pub_task.await?;
+    sent.ack_latency.merge(&live.take_ack_latency());
     let elapsed = started.elapsed().as_secs_f64();
     wait_deliveries(
         &live,

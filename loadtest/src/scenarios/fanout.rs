@@ -123,9 +123,11 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
             let plan = PublishPlan {
                 conv: plan.conv.clone(),
                 rate: per_pub_rate,
+                phase: i as f64 / pubs.len() as f64,
                 window: opts.window,
                 payload: ctx.payload,
                 until,
+                measure_from: started + ctx.warmup,
                 max_messages: None,
                 id_prefix: format!("{}-p{i}", ctx.run_id),
                 body: BodyKind::Text,
@@ -143,6 +145,7 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         sent.merge(r);
     }
     sent.sort();
+    sent.ack_latency.merge(&live.take_ack_latency());
     let connected = pool.connect_stats().ok;
     wait_deliveries(
         &live,

@@ -17,8 +17,11 @@ use crate::net::{Pacing, Target};
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub target: Target,
-    /// How long the measured phase lasts.
+    /// How long the traffic phase lasts.
     pub duration: Duration,
+    /// The first part of the traffic phase whose latencies are not recorded (connections,
+    /// caches and the tool's own tasks settle); it still counts for throughput and loss.
+    pub warmup: Duration,
     /// Message body text size in bytes.
     pub payload: usize,
     /// Draw the live progress line.
@@ -64,6 +67,7 @@ impl Ctx {
         Ctx {
             target,
             duration,
+            warmup: Duration::ZERO,
             payload: 100,
             progress: false,
             per_process: crate::pool::DEFAULT_PER_PROCESS,

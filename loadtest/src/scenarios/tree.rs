@@ -123,7 +123,7 @@ pub async fn run(ctx: &Ctx, plan: &TreePlan) -> anyhow::Result<Report> {
             json!({
                 "conv": plan.root,
                 "client_msg_id": format!("{}-tree", ctx.run_id),
-                "body": make_body(&BodyKind::Announcement, ctx.payload),
+                "body": make_body(&BodyKind::Announcement, ctx.payload, false),
             }),
         )
         .await;
