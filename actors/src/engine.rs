@@ -93,6 +93,8 @@ pub struct Engine {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     arbiter: ArbiterHandle,
+    /// The arbiter entity actors start on instead of `arbiter`, once set (see `adopt_arbiter`).
+    adopted: OnceLock<ArbiterHandle>,
     dir: Directory,
     next_conn: AtomicU64,
     /// Set once in cluster mode; `None` on a node that runs alone.
@@ -151,6 +153,7 @@ impl Engine {
             hub,
             limits,
             arbiter,
+            adopted: OnceLock::new(),
             dir: Directory::default(),
             next_conn: AtomicU64::new(1),
             cluster: OnceLock::new(),
@@ -174,9 +177,19 @@ impl Engine {
         ))
     }
 
-    /// The arbiter entity actors run on.
+    /// The arbiter new entity actors start on: the adopted one while it runs, else the engine's.
     pub fn arbiter(&self) -> &ArbiterHandle {
-        &self.arbiter
+        match self.adopted.get() {
+            Some(a) if a.alive() => a,
+            _ => &self.arbiter,
+        }
+    }
+
+    /// Starts entity actors on `arbiter` from now on (the first call wins). The server adopts
+    /// its first HTTP worker's thread, so that a request is read, handled and answered on one
+    /// thread; the engine's own arbiter remains the fallback.
+    pub fn adopt_arbiter(&self, arbiter: ArbiterHandle) {
+        let _ = self.adopted.set(arbiter);
     }
 
     /// The user actor of `id`, activated if needed; `None` when `id` is not a user id.
@@ -188,7 +201,7 @@ impl Engine {
         Some(find_or_start(
             &self.dir.users,
             id,
-            &self.arbiter,
+            self.arbiter(),
             "user",
             move || UserActor::new(e, i),
         ))
@@ -203,7 +216,7 @@ impl Engine {
         Some(find_or_start(
             &self.dir.orgs,
             id,
-            &self.arbiter,
+            self.arbiter(),
             "org",
             move || OrgActor::new(e, i),
         ))
@@ -218,7 +231,7 @@ impl Engine {
         Some(find_or_start(
             &self.dir.chats,
             id,
-            &self.arbiter,
+            self.arbiter(),
             "chat",
             move || ChatActor::new(e, i),
         ))
@@ -233,7 +246,7 @@ impl Engine {
         Some(find_or_start(
             &self.dir.groups,
             id,
-            &self.arbiter,
+            self.arbiter(),
             "group",
             move || GroupActor::load(e, i),
         ))
@@ -258,7 +271,7 @@ impl Engine {
         }
         metrics::counter!("kaiwa_activations_total", "kind" => "group").increment(1);
         let (e, i) = (self.clone(), id.clone());
-        let addr = GroupActor::start_in_arbiter(&self.arbiter, move |_| {
+        let addr = GroupActor::start_in_arbiter(self.arbiter(), move |_| {
             GroupActor::create(e, i, spec, done)
         });
         self.dir.groups.insert(id.clone(), addr);

@@ -28,6 +28,9 @@ pub async fn run(state: web::Data<AppState>, at: Listen<'_>) -> io::Result<()> {
         // Nothing in Kaiwa caps connections below what the OS allows.
         .max_concurrent_connections(1_000_000)
         .bind("kaiwa", (at.host, at.port), move || {
+            // Entity actors live on the first worker's thread: a request read there is handled
+            // there, and the writes it causes are flushed there, without a thread switch.
+            state.engine.adopt_arbiter(actix::Arbiter::current());
             let app_state = state.clone();
             let ws_state = state.clone();
             let app = App::new()
