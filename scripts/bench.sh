@@ -156,36 +156,39 @@ lost() {
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
-if [ "$QUICK" = 1 ]; then D=3; BIG=2000; CONN=3000; PAIRS=500; else D=10; BIG=10000; CONN=19000; PAIRS=5000; fi
+# Latency rows leave the first 2 s of traffic out of their histograms (the tool starts
+# thousands of publisher tasks; they still count for throughput and loss).
+W="--warmup 2"
+if [ "$QUICK" = 1 ]; then W="--warmup 1"; D=3; BIG=2000; CONN=3000; PAIRS=500; else D=10; BIG=10000; CONN=19000; PAIRS=5000; fi
 rm -f "$OUT"/*.json "$OUT"/*.txt
 
 declare -A CMD
 if want fanout_max; then CMD[fanout_max]="--duration $D fanout -n 1000"; run fanout_max ${CMD[fanout_max]}; fi
 # With and without a stalled reader, interleaved so that the machine's noise hits both alike.
 if want fanout_1k_100 || want fanout_stalled; then
-  CMD[fanout_1k_100]="--duration $D fanout -n 1000 --rate 100"
-  CMD[fanout_stalled]="--duration $D fanout -n 1000 --rate 100 --stalled 1"
+  CMD[fanout_1k_100]="--duration $D $W fanout -n 1000 --rate 100"
+  CMD[fanout_stalled]="--duration $D $W fanout -n 1000 --rate 100 --stalled 1"
   for i in $(seq "$REPEAT"); do
     run_one fanout_1k_100 "$i" ${CMD[fanout_1k_100]}
     run_one fanout_stalled "$i" ${CMD[fanout_stalled]}
   done
 fi
 if want fanout_max_stalled; then CMD[fanout_max_stalled]="--duration $D fanout -n 1000 --stalled 1"; run fanout_max_stalled ${CMD[fanout_max_stalled]}; fi
-if want fanout_10k_10; then CMD[fanout_10k_10]="--duration $D fanout -n $BIG --rate 10"; run fanout_10k_10 ${CMD[fanout_10k_10]}; fi
+if want fanout_10k_10; then CMD[fanout_10k_10]="--duration $D $W fanout -n $BIG --rate 10"; run fanout_10k_10 ${CMD[fanout_10k_10]}; fi
 if want chat_max; then CMD[chat_max]="--duration $D chat -k $PAIRS"; run chat_max ${CMD[chat_max]}; fi
 CHAT_HALF_RATE=25000
-if want chat_half; then CMD[chat_half]="--duration $D chat -k $PAIRS --rate $CHAT_HALF_RATE"; run chat_half ${CMD[chat_half]}; fi
+if want chat_half; then CMD[chat_half]="--duration $D $W chat -k $PAIRS --rate $CHAT_HALF_RATE"; run chat_half ${CMD[chat_half]}; fi
 # Half of the rate this node actually reached, for the latency at half load.
 OWN_MAX=$(median_raw chat_max .acks_per_s)
 if want chat_half_own && [ -n "$OWN_MAX" ]; then
   CHAT_OWN_RATE=$(awk -v x="$OWN_MAX" 'BEGIN { printf "%d", x / 2000 * 1000 }')
-  CMD[chat_half_own]="--duration $D chat -k $PAIRS --rate $CHAT_OWN_RATE"
+  CMD[chat_half_own]="--duration $D $W chat -k $PAIRS --rate $CHAT_OWN_RATE"
   run chat_half_own ${CMD[chat_half_own]}
 fi
 # Connections are paced by the tool (batches of 500, 5 ms apart): with the tool's default
 # pacing (200 per 20 ms) the pacing, not the server, sets the handshake rate.
 if want connect; then CMD[connect]="--duration 5 --batch 500 --batch-pause-ms 5 connect -n $CONN"; run connect ${CMD[connect]}; fi
-if want churn; then CMD[churn]="--duration $D churn"; run churn ${CMD[churn]}; fi
+if want churn; then CMD[churn]="--duration $D $W churn"; run churn ${CMD[churn]}; fi
 TREE_NOTE=""
 if want tree; then
   CMD[tree]="--duration $D tree --depth 3 --branching 10 --members 10"
@@ -220,7 +223,8 @@ row() { # scenario target measured cmd-key
   echo "the tool pinned to the other core; 100-byte text messages in JSON; durable acks on"
   echo "(each send is acked after its redb commit). Each figure is the median of $REPEAT runs,"
   echo "with the range and number of runs in brackets. Lost = acked messages neither delivered"
-  echo "live nor recovered by sync, summed over all runs (must be 0)."
+  echo "live nor recovered by sync, summed over all runs (must be 0). Latency rows run with"
+  echo "\`$W\`: the first seconds of traffic count for throughput and loss but not for latency."
   echo
   echo "| scenario | target | measured (median (min..max, runs)) | command |"
   echo "|---|---|---|---|"
