@@ -3,17 +3,21 @@
 //! Reads run on the caller's thread in their own read transaction. Writes go to one writer
 //! thread that takes everything queued, applies it in a single write transaction and commits
 //! once (one fsync for many messages: group commit), then answers every caller in order.
+//! Messages are appended to a journal first and folded into their logs in bulk (see
+//! [`super::journal`]); reads merge the two.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt;
+use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::journal::{self, Journal, Overlay, Pending};
 use super::*;
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -21,11 +25,13 @@ const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
 const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("convs");
 const MEMBERS: TableDefinition<(&str, &str), u8> = TableDefinition::new("members");
 const USER_CONVS: TableDefinition<(&str, &str), u8> = TableDefinition::new("user_convs");
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// Most writes one commit takes; the rest wait for the next commit.
 const MAX_BATCH: usize = 4096;
+/// Messages the active journal takes before it is sealed and folded into the messages table.
+const FOLD_AT: usize = 50_000;
 /// Logs whose last seq the writer remembers between commits; past this the memory starts afresh.
 const LAST_SEQ_CACHE: usize = 200_000;
 
@@ -37,6 +43,8 @@ struct Job {
 /// The redb-backed store. Cheap to share: clone the `Arc`.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Journaled messages not yet in the messages table (written by the writer thread).
+    overlay: Arc<RwLock<Overlay>>,
     /// `None` only while dropping: closing the channel stops the writer thread.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -91,6 +99,11 @@ fn prefix_end(prefix: &str) -> String {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> StoreResult<Arc<Self>> {
+        Self::open_with(dir, FOLD_AT)
+    }
+
+    /// [`EmbeddedStore::open`] with the journal sealed every `fold_at` messages.
+    pub fn open_with(dir: &Path, fold_at: usize) -> StoreResult<Arc<Self>> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let db = Database::create(dir.join("kaiwa.redb")).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
@@ -103,16 +116,24 @@ impl EmbeddedStore {
             txn.open_table(MESSAGES).map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
         }
+        // What the journals held when the node stopped goes into its logs first.
+        let folded = journal::fold_all(&txn)?;
         txn.commit().map_err(backend)?;
+        if folded > 0 {
+            tracing::info!(folded, "folded the journal into the message logs");
+        }
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let wdb = db.clone();
+        let journal = Journal::new(fold_at);
+        let overlay = journal.overlay();
         let writer = std::thread::Builder::new()
             .name("kaiwa-store-writer".into())
-            .spawn(move || writer_loop(&wdb, rx))
+            .spawn(move || writer_loop(&wdb, rx, journal))
             .map_err(backend)?;
         Ok(Arc::new(EmbeddedStore {
             db,
+            overlay,
             jobs: Some(tx),
             writer: Some(writer),
         }))
@@ -147,7 +168,7 @@ impl EmbeddedStore {
 }
 
 /// Takes jobs as they come; each turn commits everything queued since the last one.
-fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
+fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, mut journal: Journal) {
     // The last seq of each log as committed. This thread is the only writer of the database,
     // so what it committed is what the file holds; a failed commit forgets everything.
     let mut last_seqs: HashMap<String, u64> = HashMap::new();
@@ -167,7 +188,7 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) {
         if last_seqs.len() > LAST_SEQ_CACHE {
             last_seqs.clear();
         }
-        let outcome = commit_batch(db, &jobs, &mut last_seqs);
+        let outcome = commit_batch(db, &jobs, &mut last_seqs, &mut journal);
         metrics::histogram!("kaiwa_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("kaiwa_store_batch_writes").record(count as f64);
         match outcome {
@@ -194,7 +215,9 @@ fn commit_batch(
     db: &Database,
     jobs: &[Job],
     committed: &mut HashMap<String, u64>,
+    journal: &mut Journal,
 ) -> StoreResult<Vec<StoreResult<()>>> {
+    let mut pending = Pending::default();
     let txn = db.begin_write().map_err(backend)?;
     let mut results = Vec::with_capacity(jobs.len());
     let mut stored = 0u64;
@@ -208,6 +231,7 @@ fn commit_batch(
         let mut user_convs = txn.open_table(USER_CONVS).map_err(backend)?;
         let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
         let mut kv = txn.open_table(KV).map_err(backend)?;
+        let mut journaled = txn.open_table(journal.active()).map_err(backend)?;
         for job in jobs {
             // Check every append of the job first, so that a job applies whole or not at all.
             let mut planned: HashMap<&str, u64> = HashMap::new();
@@ -216,8 +240,13 @@ fn commit_batch(
                 if let Write::Append { log, msg } = w {
                     let cur = match planned.get(log.as_str()) {
                         Some(s) => *s,
-                        None => match last.get(log).or_else(|| committed.get(log)) {
-                            Some(s) => *s,
+                        None => match last
+                            .get(log)
+                            .or_else(|| committed.get(log))
+                            .copied()
+                            .or_else(|| journal.overlay().read().last(log))
+                        {
+                            Some(s) => s,
                             None => {
                                 let mut range = messages
                                     .range((log.as_str(), 0u64)..=(log.as_str(), u64::MAX))
@@ -276,9 +305,8 @@ fn commit_batch(
                             .map_err(backend)?;
                     }
                     Write::Append { log, msg } => {
-                        messages
-                            .insert((log.as_str(), msg.msg.seq), enc(msg)?.as_slice())
-                            .map_err(backend)?;
+                        let bytes = enc(msg)?;
+                        journal.append(&mut journaled, &mut pending, log, msg.msg.seq, bytes)?;
                         stored += 1;
                     }
                     Write::PutKv { key, value } => {
@@ -294,8 +322,10 @@ fn commit_batch(
             }
             results.push(Ok(()));
         }
+        journal.fold_step(&txn, &mut messages, &mut pending)?;
     }
     txn.commit().map_err(backend)?;
+    journal.committed(pending);
     committed.extend(last);
     metrics::counter!("kaiwa_messages_stored_total").increment(stored);
     Ok(results)
@@ -358,49 +388,68 @@ impl Store for EmbeddedStore {
         after: u64,
         limit: usize,
     ) -> StoreFuture<(Vec<StoredMessage>, bool)> {
+        // The overlay first, then the read transaction: a message folded in between is in the
+        // messages table of that transaction.
+        let recent = self
+            .overlay
+            .read()
+            .after(log, after, limit.saturating_add(1));
         self.read(|txn| {
             let t = txn.open_table(MESSAGES).map_err(backend)?;
-            let mut out = Vec::with_capacity(limit.min(1024));
-            let mut more = false;
+            let mut found: BTreeMap<u64, StoredMessage> = BTreeMap::new();
             let start = after.saturating_add(1);
-            for row in t.range((log, start)..=(log, u64::MAX)).map_err(backend)? {
-                if out.len() == limit {
-                    more = true;
-                    break;
-                }
-                let (_, v) = row.map_err(backend)?;
-                out.push(dec(v.value())?);
+            for row in t
+                .range((log, start)..=(log, u64::MAX))
+                .map_err(backend)?
+                .take(limit.saturating_add(1))
+            {
+                let (k, v) = row.map_err(backend)?;
+                found.insert(k.value().1, dec(v.value())?);
             }
-            Ok((out, more))
+            for (seq, bytes) in recent {
+                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(seq) {
+                    e.insert(dec(&bytes)?);
+                }
+            }
+            let more = found.len() > limit;
+            Ok((found.into_values().take(limit).collect(), more))
         })
     }
 
     fn tail(&self, log: &str, limit: usize) -> StoreFuture<Vec<StoredMessage>> {
+        let recent = self.overlay.read().tail(log, limit);
         self.read(|txn| {
             let t = txn.open_table(MESSAGES).map_err(backend)?;
-            let mut out = Vec::new();
+            let mut found: BTreeMap<u64, StoredMessage> = BTreeMap::new();
             for row in t
                 .range((log, 0u64)..=(log, u64::MAX))
                 .map_err(backend)?
                 .rev()
                 .take(limit)
             {
-                let (_, v) = row.map_err(backend)?;
-                out.push(dec(v.value())?);
+                let (k, v) = row.map_err(backend)?;
+                found.insert(k.value().1, dec(v.value())?);
             }
-            out.reverse();
-            Ok(out)
+            for (seq, bytes) in recent {
+                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(seq) {
+                    e.insert(dec(&bytes)?);
+                }
+            }
+            let skip = found.len().saturating_sub(limit);
+            Ok(found.into_values().skip(skip).collect())
         })
     }
 
     fn last_seq(&self, log: &str) -> StoreFuture<u64> {
+        let recent = self.overlay.read().last(log).unwrap_or(0);
         self.read(|txn| {
             let t = txn.open_table(MESSAGES).map_err(backend)?;
             let mut range = t.range((log, 0u64)..=(log, u64::MAX)).map_err(backend)?;
-            match range.next_back() {
-                Some(r) => Ok(r.map_err(backend)?.0.value().1),
-                None => Ok(0),
-            }
+            let stored = match range.next_back() {
+                Some(r) => r.map_err(backend)?.0.value().1,
+                None => 0,
+            };
+            Ok(stored.max(recent))
         })
     }
 
@@ -454,6 +503,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         conformance::records_members_and_kv(s.as_ref(), &rt());
+    }
+
+    /// Every read of `logs` (each holding seqs 1..=n) as the store answers it now.
+    fn check_logs(s: &EmbeddedStore, rt: &tokio::runtime::Runtime, logs: &[(&str, u64)]) {
+        for (log, n) in logs {
+            let n = *n;
+            assert_eq!(rt.block_on(s.last_seq(log)).unwrap(), n, "{log}");
+            let (all, more) = rt.block_on(s.messages(log, 0, 1000)).unwrap();
+            let seqs: Vec<u64> = all.iter().map(|m| m.msg.seq).collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{log}");
+            assert!(!more);
+            if n >= 5 {
+                let (page, more) = rt.block_on(s.messages(log, 2, 2)).unwrap();
+                let seqs: Vec<u64> = page.iter().map(|m| m.msg.seq).collect();
+                assert_eq!((seqs, more), (vec![3, 4], true), "{log}");
+                let tail = rt.block_on(s.tail(log, 3)).unwrap();
+                let seqs: Vec<u64> = tail.iter().map(|m| m.msg.seq).collect();
+                assert_eq!(seqs, vec![n - 2, n - 1, n], "{log}");
+            }
+        }
+    }
+
+    #[test]
+    fn reads_see_every_message_while_journals_are_sealed_folded_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let logs = ["a", "b", "c"];
+        {
+            // A journal of 4 messages: seals and folds many times over 30 appends.
+            let s = EmbeddedStore::open_with(dir.path(), 4).unwrap();
+            for seq in 1..=10u64 {
+                for log in logs {
+                    rt.block_on(s.write(vec![msg(log, seq)])).unwrap();
+                    let done: Vec<(&str, u64)> = logs
+                        .iter()
+                        .map(|l| (*l, if *l <= log { seq } else { seq - 1 }))
+                        .collect();
+                    check_logs(&s, &rt, &done);
+                }
+            }
+            // Gaps and repeats are refused whether the end of the log is journaled or folded.
+            assert!(matches!(
+                rt.block_on(s.write(vec![msg("a", 10)])),
+                Err(StoreError::Conflict(_))
+            ));
+        }
+        // Reopened with messages still in a journal: folded at open, nothing lost.
+        let s = EmbeddedStore::open_with(dir.path(), 4).unwrap();
+        check_logs(&s, &rt, &[("a", 10), ("b", 10), ("c", 10)]);
+        rt.block_on(s.write(vec![msg("a", 11)])).unwrap();
+        assert!(matches!(
+            rt.block_on(s.write(vec![msg("a", 13)])),
+            Err(StoreError::Conflict(_))
+        ));
+        check_logs(&s, &rt, &[("a", 11), ("b", 10)]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub mod conformance;
 pub mod embedded;
+pub mod journal;
 pub mod records;
 pub mod redis;
 
