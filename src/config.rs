@@ -57,6 +57,10 @@ pub struct ServeConfig {
     /// Recent client message ids each conversation remembers [default: 10000].
     #[arg(long, env = "KAIWA_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
+    /// Messages the embedded store journals before folding them into their logs; the journal
+    /// is also held in memory [default: 50000].
+    #[arg(long, env = "KAIWA_JOURNAL_MESSAGES")]
+    pub journal_messages: Option<usize>,
     /// Joins a cluster whose store and bus is this Redis (e.g. redis://127.0.0.1:6379); without
     /// it the node runs alone on its embedded store [default: none].
     #[arg(long, env = "KAIWA_REDIS_URL")]
@@ -91,6 +95,8 @@ pub struct Settings {
     pub admin_key: String,
     pub workers: usize,
     pub limits: Limits,
+    /// Messages the embedded store journals before folding them into their logs.
+    pub journal_messages: usize,
     pub cluster: Option<ClusterSettings>,
 }
 
@@ -127,6 +133,7 @@ impl ServeConfig {
                 ping_interval_ms,
                 ping_timeout_ms,
                 idempotency_window,
+                journal_messages,
                 redis_url,
                 node_id,
                 redis_prefix
@@ -171,6 +178,9 @@ impl ServeConfig {
                     .unwrap_or(1)
             }),
             limits,
+            journal_messages: self
+                .journal_messages
+                .unwrap_or(kaiwa_actors::store::embedded::JOURNAL_MESSAGES),
             cluster,
         })
     }

@@ -89,7 +89,7 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     // Alone: the embedded store and the in-process bus. In a cluster: Redis for both.
     let (store, bus, cluster): (Arc<dyn Store>, Arc<dyn Bus>, _) = match &s.cluster {
         None => (
-            EmbeddedStore::open(&s.data_dir)?,
+            EmbeddedStore::open_with(&s.data_dir, s.journal_messages)?,
             Arc::new(LocalBus::new(hub.clone())),
             None,
         ),

@@ -45,7 +45,9 @@ async fn reconnect_and_sync_returns_exactly_what_was_missed() {
 
 #[tokio::test]
 async fn acked_messages_survive_sigkill_and_retries_are_not_stored_twice() {
-    let mut node = Node::start().await;
+    // A journal of 16 messages: the 200 sends seal and fold it many times before the kill,
+    // which may land mid-fold; the restart folds what is left.
+    let mut node = Node::start_with(&["--journal-messages", "16"]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let chat = open_conv(&ca, "chat.open", json!({"user": b})).await;

@@ -30,8 +30,9 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// Most writes one commit takes; the rest wait for the next commit.
 const MAX_BATCH: usize = 4096;
-/// Messages the active journal takes before it is sealed and folded into the messages table.
-const FOLD_AT: usize = 50_000;
+/// Messages the active journal takes before it is sealed and folded into the messages table
+/// (the default of `--journal-messages`).
+pub const JOURNAL_MESSAGES: usize = 50_000;
 /// Logs whose last seq the writer remembers between commits; past this the memory starts afresh.
 const LAST_SEQ_CACHE: usize = 200_000;
 
@@ -99,7 +100,7 @@ fn prefix_end(prefix: &str) -> String {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> StoreResult<Arc<Self>> {
-        Self::open_with(dir, FOLD_AT)
+        Self::open_with(dir, JOURNAL_MESSAGES)
     }
 
     /// [`EmbeddedStore::open`] with the journal sealed every `fold_at` messages.
