@@ -562,6 +562,24 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_that_fills_before_the_sealed_one_is_folded_folds_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let s = EmbeddedStore::open_with(dir.path(), 4).unwrap();
+        let logs: Vec<String> = (0..9).map(|i| format!("l{i}")).collect();
+        // One commit of nine logs seals a journal that single appends fold two logs at a time.
+        rt.block_on(s.write(logs.iter().map(|l| msg(l, 1)).collect()))
+            .unwrap();
+        let mut expect: Vec<(&str, u64)> = logs.iter().map(|l| (l.as_str(), 1)).collect();
+        expect.push(("z", 0));
+        for seq in 1..=8 {
+            rt.block_on(s.write(vec![msg("z", seq)])).unwrap();
+            expect.last_mut().unwrap().1 = seq;
+            check_logs(&s, &rt, &expect);
+        }
+    }
+
+    #[test]
     fn the_writer_remembers_log_ends_across_commits() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();

@@ -177,12 +177,13 @@ impl Journal {
         let Some((gen, logs)) = &self.sealed else {
             return Ok(());
         };
+        // Fold twice as many messages as this commit appends (at least a few dozen), so that
+        // folding keeps ahead of appending and costs every commit a little instead of a few
+        // commits a lot; everything at once only if the active journal filled up first.
         let mut budget = if self.count[self.active as usize] >= self.fold_at {
             usize::MAX
         } else {
-            // Spread over about a twenty-fifth of the next journal's fill, so that the sealed
-            // one is folded long before the active one fills, a few logs at a time.
-            (self.fold_at / 25).max(1)
+            (2 * pending.appended.len()).max((self.fold_at / 64).clamp(1, 64))
         };
         let overlay = self.overlay.read();
         for log in logs.iter().rev() {
