@@ -165,3 +165,46 @@ async fn requests_that_are_not_websocket_upgrades_get_clear_statuses() {
         e => panic!("expected an HTTP error, got {e}"),
     }
 }
+
+/// Open files of the node process.
+fn open_files(node: &Node) -> usize {
+    let pid = node.pid().expect("the node runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn connections_dropped_while_messages_flow_release_their_sockets() {
+    let node = Node::start().await;
+    let (ids, owner, group) = flat_group(&node, &node, 41, "Leavers").await;
+    let before = open_files(&node);
+    let mut members = Vec::new();
+    for id in &ids[1..] {
+        members.push(node.connect(id, WireFormat::Json).await);
+    }
+    assert!(open_files(&node) >= before + 40);
+    // Members vanish without a close frame while the owner keeps sending to all of them.
+    let sender = async {
+        for i in 0..60 {
+            send(&owner, &group, &format!("d{i}"), "still here?").await;
+        }
+    };
+    let leaver = async {
+        for c in members.drain(..) {
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::join!(sender, leaver);
+    // Every socket of theirs is closed by the node, whichever thread found it gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while open_files(&node) > before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} open files, {before} before the members connected",
+            open_files(&node)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

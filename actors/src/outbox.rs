@@ -186,12 +186,7 @@ impl Outbox {
         }
     }
 
-    /// True once a close was requested (by the server or because the queue overflowed).
-    pub fn is_closing(&self) -> bool {
-        self.state.lock().close.is_some()
-    }
-
-    /// The close requested, if any.
+    /// The close requested (by the server or because the queue overflowed), if any.
     pub fn closing(&self) -> Option<Closing> {
         self.state.lock().close.clone()
     }
@@ -241,10 +236,7 @@ impl Outbox {
             }
             if s.queue.is_empty() {
                 if s.close_queued {
-                    s.done = true;
-                    drop(s);
-                    wire.shutdown();
-                    return Flushed::Done;
+                    return self.finish(s, wire.as_ref());
                 }
                 return Flushed::Empty;
             }
@@ -279,15 +271,25 @@ impl Outbox {
     /// The peer is gone: nothing more will be written.
     fn fail(&self, mut s: parking_lot::MutexGuard<'_, State>, wire: &dyn Wire) -> Flushed {
         s.queue.clear();
-        s.done = true;
         if s.close.is_none() {
             s.close = Some(Closing {
                 code: 1006,
                 reason: "connection lost".into(),
             });
         }
+        self.finish(s, wire)
+    }
+
+    /// Ends the connection: shuts the socket down and wakes the writer task so that it ends too
+    /// (whichever thread's flush got here, the writer must not wait forever on a dead socket).
+    fn finish(&self, mut s: parking_lot::MutexGuard<'_, State>, wire: &dyn Wire) -> Flushed {
+        s.done = true;
+        let writer = s.writer.take();
         drop(s);
         wire.shutdown();
+        if let Some(w) = writer {
+            w.wake();
+        }
         Flushed::Done
     }
 
@@ -307,11 +309,6 @@ impl Outbox {
             s.writer = Some(cx.waker().clone());
         }
         Poll::Pending
-    }
-
-    /// For a producer's flush that found the socket full: the writer takes over.
-    fn hand_over(&self) {
-        self.wake_writer();
     }
 }
 
@@ -348,7 +345,8 @@ mod dirty {
         let list = DIRTY.with(|d| std::mem::take(&mut *d.borrow_mut()));
         for ob in &list {
             if ob.flush() == Flushed::Blocked {
-                ob.hand_over();
+                // The socket is full: the connection's writer takes over.
+                ob.wake_writer();
             }
         }
         // Give the storage back for the next turn, unless a flush pushed in the meantime.
@@ -482,6 +480,39 @@ mod tests {
         assert_eq!(u16::from_be_bytes([out[6], out[7]]), CLOSE_USER_DISABLED);
         assert_eq!(w.shut.load(Ordering::Relaxed), 1);
         assert_eq!(o.flush(), Flushed::Done);
+    }
+
+    /// A socket that is gone.
+    struct DeadWire;
+
+    impl Wire for DeadWire {
+        fn try_write(&self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn shutdown(&self) {}
+    }
+
+    #[test]
+    fn a_flush_that_finds_the_peer_gone_ends_the_writer_too() {
+        let o = Outbox::new(10, Some(Box::new(DeadWire)));
+        let woken = Arc::new(AtomicUsize::new(0));
+        struct Count(Arc<AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Count(woken.clone())));
+        let mut cx = Context::from_waker(&waker);
+        assert!(o.poll_needed(&mut cx).is_pending());
+        o.push(frame());
+        // Any thread's flush may be the one that finds the socket dead.
+        assert_eq!(o.flush(), Flushed::Done);
+        assert_eq!(woken.load(Ordering::Relaxed), 1, "the writer is woken");
+        assert!(o.poll_needed(&mut cx).is_ready());
+        assert_eq!(o.closing().unwrap().code, 1006);
+        assert!(!o.push(frame()));
     }
 
     #[test]
