@@ -111,6 +111,7 @@ impl Overlay {
 pub struct Pending {
     appended: Vec<(String, u64, Arc<[u8]>)>,
     folded: Vec<String>,
+    folded_messages: usize,
     dropped: bool,
 }
 
@@ -197,6 +198,7 @@ impl Journal {
                     .map_err(backend)?;
             }
             budget = budget.saturating_sub(entries.len().max(1));
+            pending.folded_messages += entries.len();
             pending.folded.push(log.clone());
         }
         drop(overlay);
@@ -236,6 +238,8 @@ impl Journal {
             self.sealed = Some((active, logs));
             self.active = 1 - active;
         }
+        metrics::gauge!("kaiwa_journal_messages").set((self.count[0] + self.count[1]) as f64);
+        metrics::counter!("kaiwa_journal_folded_total").increment(pending.folded_messages as u64);
     }
 }
 
