@@ -8,8 +8,9 @@
 //!
 //! There are two journal tables. One takes appends; when it holds `fold_at` messages it is
 //! sealed and the other takes over. The writer then folds the sealed one into the messages table
-//! a few logs per commit, all of a log's sealed messages at once (one leaf copy for many of
-//! them), and drops the whole table when the last log is folded. On open, whatever the journals
+//! within its next commits, about twice as many messages per commit as the commit appends, all of
+//! a log's sealed messages at once (one leaf copy for many of them), and drops the whole table
+//! when the last log is folded. On open, whatever the journals
 //! hold is folded before anything else runs. A message is thus always in a journal, the messages
 //! table, or both (same key, same bytes), and every acked message is in the overlay or in the
 //! messages table of any later read.
