@@ -13,6 +13,15 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The same key and HTTP client against another node (`http_base`).
+    pub fn at(&self, http_base: &str) -> Admin {
+        Admin {
+            http: self.http.clone(),
+            base: http_base.trim_end_matches('/').to_owned(),
+            key: self.key.clone(),
+        }
+    }
+
     /// `http_base` like `http://127.0.0.1:8080`; `admin_key` is sent as a bearer token.
     pub fn new(http_base: &str, admin_key: &str) -> Admin {
         Admin {

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::{create_users, Ctx};
 use crate::admin::{metric_value, Admin};
 use crate::live::{Live, Sampler};
+use crate::net::{http_base, Target};
 use crate::publisher::PublishResult;
 use crate::receivers::ReceiverSpec;
 use crate::report::Report;
@@ -17,10 +18,19 @@ use crate::report::Report;
 /// The Prometheus metric with the server's resident memory.
 pub const RSS_METRIC: &str = "process_resident_memory_bytes";
 
-/// The server's resident memory, if `/metrics` can be read.
-pub async fn server_rss(admin: Option<&Admin>) -> Option<f64> {
-    let metrics = admin?.metrics_text().await.ok()?;
-    metric_value(&metrics, RSS_METRIC)
+/// The resident memory of every node the run targets, summed, if each one's `/metrics` can be
+/// read (connections are spread over all of them).
+pub async fn server_rss(admin: Option<&Admin>, target: &Target) -> Option<f64> {
+    let admin = admin?;
+    let mut bases: Vec<String> = target.urls.iter().map(|u| http_base(u)).collect();
+    bases.sort();
+    bases.dedup();
+    let mut total = 0.0;
+    for base in bases {
+        let metrics = admin.at(&base).metrics_text().await.ok()?;
+        total += metric_value(&metrics, RSS_METRIC)?;
+    }
+    Some(total)
 }
 
 /// Creates `n` users with tokens.
@@ -31,7 +41,7 @@ pub async fn setup(ctx: &Ctx, admin: &Admin, n: usize) -> anyhow::Result<Vec<Str
 /// Opens one connection per token, holds them for `ctx.duration`, reads RSS before and after
 /// (`admin` None skips the memory reading).
 pub async fn run(ctx: &Ctx, admin: Option<&Admin>, tokens: &[String]) -> anyhow::Result<Report> {
-    let rss_before = server_rss(admin).await;
+    let rss_before = server_rss(admin, &ctx.target).await;
     let live = Arc::new(Live::default());
     let sampler = Sampler::start(live.clone(), "connect", ctx.progress);
     let pool = ctx
@@ -49,7 +59,7 @@ pub async fn run(ctx: &Ctx, admin: Option<&Admin>, tokens: &[String]) -> anyhow:
         .await?;
     let started = Instant::now();
     tokio::time::sleep(ctx.duration).await;
-    let rss_after = server_rss(admin).await;
+    let rss_after = server_rss(admin, &ctx.target).await;
     let held = started.elapsed().as_secs_f64();
     let timeline = sampler.finish().await;
     let rx = pool.finish(&HashMap::new()).await?;
