@@ -202,6 +202,7 @@ impl Outbox {
     }
 
     /// The queued frames, for tests without a socket.
+    #[cfg(test)]
     pub fn queued(&self) -> Vec<Bytes> {
         self.state.lock().queue.iter().cloned().collect()
     }

@@ -40,23 +40,24 @@ pub fn align_to(parent_epoch_unix_ns: u64) {
     );
 }
 
-/// A message text that starts with the send time and is padded to `len` bytes.
-pub fn stamped_text(len: usize) -> String {
-    let mut text = format!("{} ", now_ns());
+/// `mark`, the send time and a space, padded to `len` bytes.
+fn padded(mark: &str, len: usize) -> String {
+    let mut text = format!("{mark}{} ", now_ns());
     if text.len() < len {
         text.extend(std::iter::repeat_n('x', len - text.len()));
     }
     text
 }
 
+/// A message text that starts with the send time and is padded to `len` bytes.
+pub fn stamped_text(len: usize) -> String {
+    padded("", len)
+}
+
 /// A padded text marked as sent during the warm-up: it counts for delivery and loss, but
 /// [`parse_stamp`] finds no send time in it, so no latency histogram records it.
 pub fn warmup_text(len: usize) -> String {
-    let mut text = format!("w{} ", now_ns());
-    if text.len() < len {
-        text.extend(std::iter::repeat_n('x', len - text.len()));
-    }
-    text
+    padded("w", len)
 }
 
 /// The send time at the start of a stamped text, if there is one.

@@ -92,6 +92,20 @@ fn role_of(c: u8) -> Role {
     }
 }
 
+/// Adds the journal's copies of messages to those read from the messages table (a message folded
+/// in between is in both: the table's copy stays).
+fn add_recent(
+    found: &mut BTreeMap<u64, StoredMessage>,
+    recent: Vec<(u64, Arc<[u8]>)>,
+) -> StoreResult<()> {
+    for (seq, bytes) in recent {
+        if let std::collections::btree_map::Entry::Vacant(e) = found.entry(seq) {
+            e.insert(dec(&bytes)?);
+        }
+    }
+    Ok(())
+}
+
 /// The smallest string greater than every string that starts with `prefix`, for range scans.
 fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
@@ -245,7 +259,7 @@ fn commit_batch(
                             .get(log)
                             .or_else(|| committed.get(log))
                             .copied()
-                            .or_else(|| journal.overlay().read().last(log))
+                            .or_else(|| journal.last(log))
                         {
                             Some(s) => s,
                             None => {
@@ -407,11 +421,7 @@ impl Store for EmbeddedStore {
                 let (k, v) = row.map_err(backend)?;
                 found.insert(k.value().1, dec(v.value())?);
             }
-            for (seq, bytes) in recent {
-                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(seq) {
-                    e.insert(dec(&bytes)?);
-                }
-            }
+            add_recent(&mut found, recent)?;
             let more = found.len() > limit;
             Ok((found.into_values().take(limit).collect(), more))
         })
@@ -431,11 +441,7 @@ impl Store for EmbeddedStore {
                 let (k, v) = row.map_err(backend)?;
                 found.insert(k.value().1, dec(v.value())?);
             }
-            for (seq, bytes) in recent {
-                if let std::collections::btree_map::Entry::Vacant(e) = found.entry(seq) {
-                    e.insert(dec(&bytes)?);
-                }
-            }
+            add_recent(&mut found, recent)?;
             let skip = found.len().saturating_sub(limit);
             Ok(found.into_values().skip(skip).collect())
         })

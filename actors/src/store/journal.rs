@@ -140,6 +140,11 @@ impl Journal {
         }
     }
 
+    /// The highest journaled seq of `log`.
+    pub fn last(&self, log: &str) -> Option<u64> {
+        self.overlay.read().last(log)
+    }
+
     /// The overlay, shared with readers.
     pub fn overlay(&self) -> Arc<RwLock<Overlay>> {
         self.overlay.clone()
