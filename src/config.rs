@@ -57,8 +57,8 @@ pub struct ServeConfig {
     /// Recent client message ids each conversation remembers [default: 10000].
     #[arg(long, env = "KAIWA_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
-    /// Messages the embedded store journals before folding them into their logs; the journal
-    /// is also held in memory [default: 50000].
+    /// Messages per segment of the embedded store's journal; a full segment is folded into the
+    /// logs in redb. Segments not yet folded are also held in memory [default: 50000].
     #[arg(long, env = "KAIWA_JOURNAL_MESSAGES")]
     pub journal_messages: Option<usize>,
     /// Joins a cluster whose store and bus is this Redis (e.g. redis://127.0.0.1:6379); without
@@ -95,7 +95,7 @@ pub struct Settings {
     pub admin_key: String,
     pub workers: usize,
     pub limits: Limits,
-    /// Messages the embedded store journals before folding them into their logs.
+    /// Messages per segment of the embedded store's journal.
     pub journal_messages: usize,
     pub cluster: Option<ClusterSettings>,
 }

@@ -54,7 +54,19 @@ enum Cmd {
     },
 }
 
+/// Keeps the node's memory in 4 KiB pages. The allocator asks for transparent huge pages, and
+/// every 2 MiB page it touches after giving memory back is zeroed whole by the kernel at the
+/// fault: 8% of the node's CPU in chat at 25,000 msgs/s, for no gain in speed.
+fn no_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!("transparent huge pages stay as the kernel has them");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    no_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KAIWA_LOG")

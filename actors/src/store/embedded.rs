@@ -1,12 +1,13 @@
 //! The embedded store of a single node: redb (an ACID B-tree store) in the data directory.
 //!
 //! Reads run on the caller's thread in their own read transaction. Writes go to one writer
-//! thread that takes everything queued, applies it in a single write transaction and commits
-//! once (one fsync for many messages: group commit), then answers every caller in order.
-//! Messages are appended to a journal first and folded into their logs in bulk (see
-//! [`super::journal`]); reads merge the two.
+//! thread that takes everything queued and makes it durable at once (group commit), then
+//! answers every caller in order. Jobs that only append messages go to the journal (see
+//! [`super::journal`]: one file append and one fdatasync), whose indexer folds them into the
+//! messages table in bulk; reads merge the two. Other jobs are applied in one redb write
+//! transaction (one fsync).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,10 +15,10 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use parking_lot::RwLock;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::journal::{self, Journal, Overlay, Pending};
+use super::journal::{Journal, Overlay, Record};
 use super::*;
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -131,16 +132,15 @@ impl EmbeddedStore {
             txn.open_table(MESSAGES).map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
         }
-        // What the journals held when the node stopped goes into its logs first.
-        let folded = journal::fold_all(&txn)?;
         txn.commit().map_err(backend)?;
+        let db = Arc::new(db);
+        // What the journal held when the node stopped goes into its logs first.
+        let (journal, folded) = Journal::open(&dir.join("journal"), db.clone(), MESSAGES, fold_at)?;
         if folded > 0 {
             tracing::info!(folded, "folded the journal into the message logs");
         }
-        let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let wdb = db.clone();
-        let journal = Journal::new(fold_at);
         let overlay = journal.overlay();
         let writer = std::thread::Builder::new()
             .name("kaiwa-store-writer".into())
@@ -223,21 +223,160 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>, mut journal: Journal) {
     }
 }
 
-/// Applies the jobs in one transaction. A job whose appends do not continue their logs is
-/// skipped whole (its result is a conflict); the others commit together. `committed` holds the
-/// last seq of logs as committed before this batch; on success it is updated to after it.
+/// Where one job of a batch is made durable.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// Refused: its appends do not continue their logs.
+    Conflict,
+    /// Only appends: the journal.
+    Journal,
+    /// Anything else: the redb transaction, so that the job applies whole or not at all.
+    Database,
+}
+
+/// Makes the jobs durable: appends-only jobs in one journal write, the others in one redb
+/// transaction after it. A job whose appends do not continue their logs is skipped whole (its
+/// result is a conflict). `committed` holds the last seq of logs as committed before this batch;
+/// on success it is updated to after it.
+///
+/// The journal write goes first, and once a log has an append routed to the transaction, every
+/// later append of that log in the batch goes there too: whatever a crash between the two
+/// leaves durable is a prefix of each log, never a log with a gap.
 fn commit_batch(
     db: &Database,
     jobs: &[Job],
     committed: &mut HashMap<String, u64>,
     journal: &mut Journal,
 ) -> StoreResult<Vec<StoreResult<()>>> {
-    let mut pending = Pending::default();
-    let txn = db.begin_write().map_err(backend)?;
+    let mut routes = Vec::with_capacity(jobs.len());
     let mut results = Vec::with_capacity(jobs.len());
-    let mut stored = 0u64;
     // The last seq of each log touched by this batch, as the batch has left it.
     let mut last: HashMap<String, u64> = HashMap::new();
+    let mut in_txn: HashSet<&str> = HashSet::new();
+    let mut read: Option<redb::ReadTransaction> = None;
+    for job in jobs {
+        // Check every append of the job first, so that a job applies whole or not at all.
+        let mut planned: HashMap<&str, u64> = HashMap::new();
+        let mut conflict = None;
+        let mut appends_only = true;
+        for w in &job.writes {
+            let Write::Append { log, msg } = w else {
+                appends_only = false;
+                continue;
+            };
+            let cur = match planned.get(log.as_str()) {
+                Some(s) => *s,
+                None => match last.get(log).or_else(|| committed.get(log)) {
+                    Some(s) => *s,
+                    None => stored_last(db, &mut read, journal, log)?,
+                },
+            };
+            if msg.msg.seq != cur + 1 {
+                conflict = Some(format!(
+                    "log {log}: append of seq {} after {cur}",
+                    msg.msg.seq
+                ));
+                break;
+            }
+            planned.insert(log.as_str(), msg.msg.seq);
+        }
+        if let Some(c) = conflict {
+            routes.push(Route::Conflict);
+            results.push(Err(StoreError::Conflict(c)));
+            continue;
+        }
+        let route = if appends_only && planned.keys().all(|l| !in_txn.contains(l)) {
+            Route::Journal
+        } else {
+            in_txn.extend(planned.keys());
+            Route::Database
+        };
+        for (log, seq) in planned {
+            last.insert(log.to_string(), seq);
+        }
+        routes.push(route);
+        results.push(Ok(()));
+    }
+    drop(read);
+
+    let mut records = Vec::new();
+    for (job, _) in jobs
+        .iter()
+        .zip(&routes)
+        .filter(|(_, r)| **r == Route::Journal)
+    {
+        for w in &job.writes {
+            if let Write::Append { log, msg } = w {
+                records.push(Record {
+                    log: log.clone(),
+                    seq: msg.msg.seq,
+                    bytes: enc(msg)?.into(),
+                });
+            }
+        }
+    }
+    let stored = records.len() as u64;
+    journal.write(records)?;
+    let direct: Vec<&Job> = jobs
+        .iter()
+        .zip(&routes)
+        .filter(|(_, r)| **r == Route::Database)
+        .map(|(j, _)| j)
+        .collect();
+    metrics::counter!("kaiwa_messages_stored_total").increment(stored);
+    match apply(db, &direct) {
+        Ok(n) => {
+            metrics::counter!("kaiwa_messages_stored_total").increment(n);
+            committed.extend(last);
+        }
+        Err(e) => {
+            // The journaled jobs are durable; the others failed, and the end of their logs is
+            // looked up again next time.
+            tracing::error!("store commit failed: {e}");
+            for (res, route) in results.iter_mut().zip(&routes) {
+                if *route == Route::Database {
+                    *res = Err(e.clone());
+                }
+            }
+            for log in &in_txn {
+                last.remove(*log);
+                committed.remove(*log);
+            }
+            committed.extend(last);
+        }
+    }
+    Ok(results)
+}
+
+/// The last seq of `log` as stored before this batch: journaled or in the messages table.
+fn stored_last(
+    db: &Database,
+    read: &mut Option<redb::ReadTransaction>,
+    journal: &Journal,
+    log: &str,
+) -> StoreResult<u64> {
+    // The journal first: a message folded after this look is in the table's later snapshot.
+    let journaled = journal.last(log).unwrap_or(0);
+    let txn = match read {
+        Some(t) => t,
+        None => read.insert(db.begin_read().map_err(backend)?),
+    };
+    let t = txn.open_table(MESSAGES).map_err(backend)?;
+    let mut range = t.range((log, 0u64)..=(log, u64::MAX)).map_err(backend)?;
+    let in_table = match range.next_back() {
+        Some(r) => r.map_err(backend)?.0.value().1,
+        None => 0,
+    };
+    Ok(journaled.max(in_table))
+}
+
+/// Applies `jobs` in one redb transaction; returns how many messages it stored.
+fn apply(db: &Database, jobs: &[&Job]) -> StoreResult<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut stored = 0;
+    let txn = db.begin_write().map_err(backend)?;
     {
         let mut users = txn.open_table(USERS).map_err(backend)?;
         let mut orgs = txn.open_table(ORGS).map_err(backend)?;
@@ -246,104 +385,55 @@ fn commit_batch(
         let mut user_convs = txn.open_table(USER_CONVS).map_err(backend)?;
         let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
         let mut kv = txn.open_table(KV).map_err(backend)?;
-        let mut journaled = txn.open_table(journal.active()).map_err(backend)?;
-        for job in jobs {
-            // Check every append of the job first, so that a job applies whole or not at all.
-            let mut planned: HashMap<&str, u64> = HashMap::new();
-            let mut conflict = None;
-            for w in &job.writes {
-                if let Write::Append { log, msg } = w {
-                    let cur = match planned.get(log.as_str()) {
-                        Some(s) => *s,
-                        None => match last
-                            .get(log)
-                            .or_else(|| committed.get(log))
-                            .copied()
-                            .or_else(|| journal.last(log))
-                        {
-                            Some(s) => s,
-                            None => {
-                                let mut range = messages
-                                    .range((log.as_str(), 0u64)..=(log.as_str(), u64::MAX))
-                                    .map_err(backend)?;
-                                match range.next_back() {
-                                    Some(r) => r.map_err(backend)?.0.value().1,
-                                    None => 0,
-                                }
-                            }
-                        },
-                    };
-                    if msg.msg.seq != cur + 1 {
-                        conflict = Some(format!(
-                            "log {log}: append of seq {} after {cur}",
-                            msg.msg.seq
-                        ));
-                        break;
-                    }
-                    planned.insert(log.as_str(), msg.msg.seq);
+        for w in jobs.iter().flat_map(|j| &j.writes) {
+            match w {
+                Write::PutUser(u) => {
+                    users
+                        .insert(u.id.as_str(), enc(u)?.as_slice())
+                        .map_err(backend)?;
+                }
+                Write::PutOrg(o) => {
+                    orgs.insert(o.id.as_str(), enc(o)?.as_slice())
+                        .map_err(backend)?;
+                }
+                Write::PutConv(c) => {
+                    convs
+                        .insert(c.id.as_str(), enc(c)?.as_slice())
+                        .map_err(backend)?;
+                }
+                Write::PutMember { conv, user, role } => {
+                    members
+                        .insert((conv.as_str(), user.as_str()), role_code(*role))
+                        .map_err(backend)?;
+                    user_convs
+                        .insert((user.as_str(), conv.as_str()), 0)
+                        .map_err(backend)?;
+                }
+                Write::RemoveMember { conv, user } => {
+                    members
+                        .remove((conv.as_str(), user.as_str()))
+                        .map_err(backend)?;
+                    user_convs
+                        .remove((user.as_str(), conv.as_str()))
+                        .map_err(backend)?;
+                }
+                Write::Append { log, msg } => {
+                    messages
+                        .insert((log.as_str(), msg.msg.seq), enc(msg)?.as_slice())
+                        .map_err(backend)?;
+                    stored += 1;
+                }
+                Write::PutKv { key, value } => {
+                    kv.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+                }
+                Write::DeleteKv { key } => {
+                    kv.remove(key.as_str()).map_err(backend)?;
                 }
             }
-            if let Some(c) = conflict {
-                results.push(Err(StoreError::Conflict(c)));
-                continue;
-            }
-            for w in &job.writes {
-                match w {
-                    Write::PutUser(u) => {
-                        users
-                            .insert(u.id.as_str(), enc(u)?.as_slice())
-                            .map_err(backend)?;
-                    }
-                    Write::PutOrg(o) => {
-                        orgs.insert(o.id.as_str(), enc(o)?.as_slice())
-                            .map_err(backend)?;
-                    }
-                    Write::PutConv(c) => {
-                        convs
-                            .insert(c.id.as_str(), enc(c)?.as_slice())
-                            .map_err(backend)?;
-                    }
-                    Write::PutMember { conv, user, role } => {
-                        members
-                            .insert((conv.as_str(), user.as_str()), role_code(*role))
-                            .map_err(backend)?;
-                        user_convs
-                            .insert((user.as_str(), conv.as_str()), 0)
-                            .map_err(backend)?;
-                    }
-                    Write::RemoveMember { conv, user } => {
-                        members
-                            .remove((conv.as_str(), user.as_str()))
-                            .map_err(backend)?;
-                        user_convs
-                            .remove((user.as_str(), conv.as_str()))
-                            .map_err(backend)?;
-                    }
-                    Write::Append { log, msg } => {
-                        let bytes = enc(msg)?;
-                        journal.append(&mut journaled, &mut pending, log, msg.msg.seq, bytes)?;
-                        stored += 1;
-                    }
-                    Write::PutKv { key, value } => {
-                        kv.insert(key.as_str(), value.as_slice()).map_err(backend)?;
-                    }
-                    Write::DeleteKv { key } => {
-                        kv.remove(key.as_str()).map_err(backend)?;
-                    }
-                }
-            }
-            for (log, seq) in planned {
-                last.insert(log.to_string(), seq);
-            }
-            results.push(Ok(()));
         }
-        journal.fold_step(&txn, &mut messages, &mut pending)?;
     }
     txn.commit().map_err(backend)?;
-    journal.committed(pending);
-    committed.extend(last);
-    metrics::counter!("kaiwa_messages_stored_total").increment(stored);
-    Ok(results)
+    Ok(stored)
 }
 
 impl Store for EmbeddedStore {
@@ -568,12 +658,12 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_that_fills_before_the_sealed_one_is_folded_folds_it_at_once() {
+    fn segments_sealed_faster_than_they_are_folded_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
         let s = EmbeddedStore::open_with(dir.path(), 4).unwrap();
         let logs: Vec<String> = (0..9).map(|i| format!("l{i}")).collect();
-        // One commit of nine logs seals a journal that single appends fold two logs at a time.
+        // One commit of nine logs seals a segment; every second append seals another.
         rt.block_on(s.write(logs.iter().map(|l| msg(l, 1)).collect()))
             .unwrap();
         let mut expect: Vec<(&str, u64)> = logs.iter().map(|l| (l.as_str(), 1)).collect();
@@ -607,5 +697,120 @@ mod tests {
         block(s.write(vec![msg("a", 6), msg("b", 1)])).unwrap();
         assert_eq!(rt.block_on(s.last_seq("a")).unwrap(), 6);
         assert_eq!(rt.block_on(s.last_seq("b")).unwrap(), 1);
+    }
+    /// The journal's segment files in `dir`.
+    fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("journal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_record_torn_by_a_crash_is_dropped_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        {
+            let s = EmbeddedStore::open_with(dir.path(), 1000).unwrap();
+            for seq in 1..=3 {
+                rt.block_on(s.write(vec![msg("a", seq)])).unwrap();
+            }
+        }
+        // What a crash in the middle of the next write leaves at the end of the segment.
+        let newest = segment_files(dir.path()).pop().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&newest)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+        drop(f);
+        let s = EmbeddedStore::open_with(dir.path(), 1000).unwrap();
+        check_logs(&s, &rt, &[("a", 3)]);
+        rt.block_on(s.write(vec![msg("a", 4)])).unwrap();
+        check_logs(&s, &rt, &[("a", 4)]);
+        // The folded segments are gone; only the one taking appends is left.
+        assert_eq!(segment_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn folded_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let s = EmbeddedStore::open_with(dir.path(), 2).unwrap();
+        for seq in 1..=20 {
+            rt.block_on(s.write(vec![msg("a", seq)])).unwrap();
+        }
+        // The indexer folds in the background: wait (bounded) for it to catch up.
+        for _ in 0..200 {
+            if segment_files(dir.path()).len() <= 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        assert!(s.overlay.read().after("a", 0, 100).is_empty());
+        check_logs(&s, &rt, &[("a", 20)]);
+    }
+
+    /// A job appending `seq` to `log`, with a record beside it when `mixed`.
+    fn job(log: &str, seq: u64, mixed: bool) -> (Job, oneshot::Receiver<StoreResult<()>>) {
+        let (done, rx) = oneshot::channel();
+        let mut writes = vec![msg(log, seq)];
+        if mixed {
+            writes.push(Write::PutKv {
+                key: format!("k{seq}"),
+                value: vec![1],
+            });
+        }
+        (Job { writes, done }, rx)
+    }
+
+    #[test]
+    fn after_a_log_goes_to_the_transaction_its_later_appends_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("kaiwa.redb")).unwrap());
+        let txn = db.begin_write().unwrap();
+        txn.open_table(MESSAGES).unwrap();
+        txn.commit().unwrap();
+        let (mut journal, _) =
+            Journal::open(&dir.path().join("journal"), db.clone(), MESSAGES, 1000).unwrap();
+        // a:1 alone, a:2 with a record, a:3 alone, b:1 alone, in one batch.
+        let jobs = vec![
+            job("a", 1, false).0,
+            job("a", 2, true).0,
+            job("a", 3, false).0,
+            job("b", 1, false).0,
+        ];
+        let mut committed = HashMap::new();
+        let results = commit_batch(&db, &jobs, &mut committed, &mut journal).unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+        // Journaled: a:1 (before the log went to the transaction) and b:1; a:3 followed a:2.
+        let overlay = journal.overlay();
+        let seqs = |log| -> Vec<u64> {
+            overlay
+                .read()
+                .after(log, 0, 10)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        };
+        assert_eq!(seqs("a"), vec![1]);
+        assert_eq!(seqs("b"), vec![1]);
+        let read = db.begin_read().unwrap();
+        let t = read.open_table(MESSAGES).unwrap();
+        let in_table: Vec<u64> = t
+            .range(("a", 0u64)..=("a", u64::MAX))
+            .unwrap()
+            .map(|r| r.unwrap().0.value().1)
+            .collect();
+        assert_eq!(in_table, vec![2, 3]);
+        assert_eq!(committed.get("a"), Some(&3));
+        // The next batch continues both logs, whichever way their ends were stored.
+        let next = vec![job("a", 4, false).0, job("b", 3, false).0];
+        let results = commit_batch(&db, &next, &mut committed, &mut journal).unwrap();
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(StoreError::Conflict(_))));
     }
 }
