@@ -11,6 +11,7 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use kaiwa_actors::outbox::{Flushed, Outbox, Wire};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// A connection's TCP socket, shared by its reader, its writer task and every thread that
@@ -18,8 +19,14 @@ use tokio::net::TcpStream;
 pub struct TcpWire(pub Arc<TcpStream>);
 
 impl Wire for TcpWire {
+    /// One `sendmsg` of everything queued. A socket written with `writev` goes through the
+    /// file layer first (a position lock and a write notification on every call), which cost
+    /// the node a tenth of its kernel time in fan-out to 10,000 members.
     fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
+        let sock = &*self.0;
+        sock.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(sock).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+        })
     }
 
     fn shutdown(&self) {
