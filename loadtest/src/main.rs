@@ -147,7 +147,7 @@ enum Scenario {
     Worker,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let c = &cli.common;
