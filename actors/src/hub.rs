@@ -2,11 +2,11 @@
 //! shared frame into each connection's [`Outbox`]; the map is sharded, so no lock is shared by
 //! all sessions.
 
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
 
 use crate::outbox::{Outbox, Wire};
 use crate::protocol::{Format, Id, SharedEvent};
@@ -62,60 +62,13 @@ impl Conn {
     }
 }
 
-/// A fast non-cryptographic hash (the Fx hash) for the user-id keys of the hub. Fan-out looks up
-/// every recipient of every message here; with the default SipHash, hashing was the largest cost
-/// of a delivery in profiles. Keys are server-assigned ids, so flooding attacks do not apply.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
 /// Live connections of this node, by user id.
 #[derive(Default)]
 pub struct Hub {
-    by_user: DashMap<Id, Vec<Arc<Conn>>, BuildHasherDefault<FxHasher>>,
+    /// Keyed with the Fx hash: fan-out looks up every recipient of every message here, and with
+    /// the default SipHash hashing was the largest cost of a delivery in profiles. Keys are
+    /// server-assigned ids, so hash flooding does not apply.
+    by_user: DashMap<Id, Vec<Arc<Conn>>, FxBuildHasher>,
 }
 
 impl Hub {
@@ -181,22 +134,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::BuildHasher;
-
-    #[test]
-    fn fx_hash_tells_ids_apart() {
-        let b = BuildHasherDefault::<FxHasher>::default();
-        let ids = [
-            "u_1",
-            "u_2",
-            "u_10",
-            "u_01",
-            "",
-            "a-much-longer-user-id-0001",
-        ];
-        let hashes: std::collections::HashSet<u64> = ids.iter().map(|i| b.hash_one(i)).collect();
-        assert_eq!(hashes.len(), ids.len());
-    }
 
     #[test]
     fn register_deliver_unregister() {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rustc_hash::FxHashMap;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -108,7 +109,8 @@ impl ReceiverResult {
 /// What one connection saw.
 #[derive(Default)]
 struct Seen {
-    per_conv: HashMap<String, SeqSet>,
+    /// Fx-hashed: looked up on every delivery, and the keys are the server's ids.
+    per_conv: FxHashMap<String, SeqSet>,
     deliveries: u64,
     duplicates: u64,
     closed: Option<String>,
