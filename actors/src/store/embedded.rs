@@ -15,9 +15,10 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use parking_lot::RwLock;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use super::blocks::{self, Entry, BLOCKS};
 use super::journal::{Journal, Overlay, Record};
 use super::*;
 
@@ -26,7 +27,8 @@ const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
 const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("convs");
 const MEMBERS: TableDefinition<(&str, &str), u8> = TableDefinition::new("members");
 const USER_CONVS: TableDefinition<(&str, &str), u8> = TableDefinition::new("user_convs");
-pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// Where earlier versions kept messages, one entry each; moved into blocks at open.
+const LEGACY_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
 /// Most writes one commit takes; the rest wait for the next commit.
@@ -93,8 +95,8 @@ fn role_of(c: u8) -> Role {
     }
 }
 
-/// Adds the journal's copies of messages to those read from the messages table (a message folded
-/// in between is in both: the table's copy stays).
+/// Adds messages to those found so far, by seq (the journal's copy of a message folded in
+/// between is also in a block: the first copy found stays).
 fn add_recent(
     found: &mut BTreeMap<u64, StoredMessage>,
     recent: Vec<(u64, Arc<[u8]>)>,
@@ -105,6 +107,36 @@ fn add_recent(
         }
     }
     Ok(())
+}
+
+/// Moves the messages of [`LEGACY_MESSAGES`] into blocks and drops that table; returns how
+/// many.
+fn move_legacy_messages(txn: &redb::WriteTransaction) -> StoreResult<u64> {
+    let rows: Vec<(String, u64, Vec<u8>)> = {
+        let t = txn.open_table(LEGACY_MESSAGES).map_err(backend)?;
+        t.iter()
+            .map_err(backend)?
+            .map(|row| {
+                let (k, v) = row.map_err(backend)?;
+                let (log, seq) = k.value();
+                Ok((log.to_string(), seq, v.value().to_vec()))
+            })
+            .collect::<StoreResult<_>>()?
+    };
+    if !rows.is_empty() {
+        let entries: Vec<Entry<'_>> = rows
+            .iter()
+            .map(|(log, seq, bytes)| Entry {
+                log,
+                seq: *seq,
+                bytes,
+            })
+            .collect();
+        let mut t = txn.open_table(BLOCKS).map_err(backend)?;
+        blocks::write(&mut t, &entries)?;
+    }
+    txn.delete_table(LEGACY_MESSAGES).map_err(backend)?;
+    Ok(rows.len() as u64)
 }
 
 /// The smallest string greater than every string that starts with `prefix`, for range scans.
@@ -129,13 +161,17 @@ impl EmbeddedStore {
             txn.open_table(CONVS).map_err(backend)?;
             txn.open_table(MEMBERS).map_err(backend)?;
             txn.open_table(USER_CONVS).map_err(backend)?;
-            txn.open_table(MESSAGES).map_err(backend)?;
+            txn.open_table(BLOCKS).map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
         }
+        let moved = move_legacy_messages(&txn)?;
         txn.commit().map_err(backend)?;
+        if moved > 0 {
+            tracing::info!(moved, "moved messages into blocks");
+        }
         let db = Arc::new(db);
         // What the journal held when the node stopped goes into its logs first.
-        let (journal, folded) = Journal::open(&dir.join("journal"), db.clone(), MESSAGES, fold_at)?;
+        let (journal, folded) = Journal::open(&dir.join("journal"), db.clone(), fold_at)?;
         if folded > 0 {
             tracing::info!(folded, "folded the journal into the message logs");
         }
@@ -361,13 +397,8 @@ fn stored_last(
         Some(t) => t,
         None => read.insert(db.begin_read().map_err(backend)?),
     };
-    let t = txn.open_table(MESSAGES).map_err(backend)?;
-    let mut range = t.range((log, 0u64)..=(log, u64::MAX)).map_err(backend)?;
-    let in_table = match range.next_back() {
-        Some(r) => r.map_err(backend)?.0.value().1,
-        None => 0,
-    };
-    Ok(journaled.max(in_table))
+    let t = txn.open_table(BLOCKS).map_err(backend)?;
+    Ok(journaled.max(blocks::last_seq(&t, log)?))
 }
 
 /// Applies `jobs` in one redb transaction; returns how many messages it stored.
@@ -383,7 +414,7 @@ fn apply(db: &Database, jobs: &[&Job]) -> StoreResult<u64> {
         let mut convs = txn.open_table(CONVS).map_err(backend)?;
         let mut members = txn.open_table(MEMBERS).map_err(backend)?;
         let mut user_convs = txn.open_table(USER_CONVS).map_err(backend)?;
-        let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
+        let mut messages = txn.open_table(BLOCKS).map_err(backend)?;
         let mut kv = txn.open_table(KV).map_err(backend)?;
         for w in jobs.iter().flat_map(|j| &j.writes) {
             match w {
@@ -418,9 +449,13 @@ fn apply(db: &Database, jobs: &[&Job]) -> StoreResult<u64> {
                         .map_err(backend)?;
                 }
                 Write::Append { log, msg } => {
-                    messages
-                        .insert((log.as_str(), msg.msg.seq), enc(msg)?.as_slice())
-                        .map_err(backend)?;
+                    let bytes = enc(msg)?;
+                    let entry = Entry {
+                        log,
+                        seq: msg.msg.seq,
+                        bytes: &bytes,
+                    };
+                    blocks::write(&mut messages, &[entry])?;
                     stored += 1;
                 }
                 Write::PutKv { key, value } => {
@@ -494,23 +529,18 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> StoreFuture<(Vec<StoredMessage>, bool)> {
         // The overlay first, then the read transaction: a message folded in between is in the
-        // messages table of that transaction.
+        // blocks of that transaction.
         let recent = self
             .overlay
             .read()
             .after(log, after, limit.saturating_add(1));
         self.read(|txn| {
-            let t = txn.open_table(MESSAGES).map_err(backend)?;
+            let t = txn.open_table(BLOCKS).map_err(backend)?;
             let mut found: BTreeMap<u64, StoredMessage> = BTreeMap::new();
-            let start = after.saturating_add(1);
-            for row in t
-                .range((log, start)..=(log, u64::MAX))
-                .map_err(backend)?
-                .take(limit.saturating_add(1))
-            {
-                let (k, v) = row.map_err(backend)?;
-                found.insert(k.value().1, dec(v.value())?);
-            }
+            add_recent(
+                &mut found,
+                blocks::after(&t, log, after, limit.saturating_add(1))?,
+            )?;
             add_recent(&mut found, recent)?;
             let more = found.len() > limit;
             Ok((found.into_values().take(limit).collect(), more))
@@ -520,17 +550,9 @@ impl Store for EmbeddedStore {
     fn tail(&self, log: &str, limit: usize) -> StoreFuture<Vec<StoredMessage>> {
         let recent = self.overlay.read().tail(log, limit);
         self.read(|txn| {
-            let t = txn.open_table(MESSAGES).map_err(backend)?;
+            let t = txn.open_table(BLOCKS).map_err(backend)?;
             let mut found: BTreeMap<u64, StoredMessage> = BTreeMap::new();
-            for row in t
-                .range((log, 0u64)..=(log, u64::MAX))
-                .map_err(backend)?
-                .rev()
-                .take(limit)
-            {
-                let (k, v) = row.map_err(backend)?;
-                found.insert(k.value().1, dec(v.value())?);
-            }
+            add_recent(&mut found, blocks::tail(&t, log, limit)?)?;
             add_recent(&mut found, recent)?;
             let skip = found.len().saturating_sub(limit);
             Ok(found.into_values().skip(skip).collect())
@@ -540,13 +562,8 @@ impl Store for EmbeddedStore {
     fn last_seq(&self, log: &str) -> StoreFuture<u64> {
         let recent = self.overlay.read().last(log).unwrap_or(0);
         self.read(|txn| {
-            let t = txn.open_table(MESSAGES).map_err(backend)?;
-            let mut range = t.range((log, 0u64)..=(log, u64::MAX)).map_err(backend)?;
-            let stored = match range.next_back() {
-                Some(r) => r.map_err(backend)?.0.value().1,
-                None => 0,
-            };
-            Ok(stored.max(recent))
+            let t = txn.open_table(BLOCKS).map_err(backend)?;
+            Ok(blocks::last_seq(&t, log)?.max(recent))
         })
     }
 
@@ -772,10 +789,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Database::create(dir.path().join("kaiwa.redb")).unwrap());
         let txn = db.begin_write().unwrap();
-        txn.open_table(MESSAGES).unwrap();
+        txn.open_table(BLOCKS).unwrap();
         txn.commit().unwrap();
         let (mut journal, _) =
-            Journal::open(&dir.path().join("journal"), db.clone(), MESSAGES, 1000).unwrap();
+            Journal::open(&dir.path().join("journal"), db.clone(), 1000).unwrap();
         // a:1 alone, a:2 with a record, a:3 alone, b:1 alone, in one batch.
         let jobs = vec![
             job("a", 1, false).0,
@@ -799,11 +816,11 @@ mod tests {
         assert_eq!(seqs("a"), vec![1]);
         assert_eq!(seqs("b"), vec![1]);
         let read = db.begin_read().unwrap();
-        let t = read.open_table(MESSAGES).unwrap();
-        let in_table: Vec<u64> = t
-            .range(("a", 0u64)..=("a", u64::MAX))
+        let t = read.open_table(BLOCKS).unwrap();
+        let in_table: Vec<u64> = blocks::after(&t, "a", 0, 10)
             .unwrap()
-            .map(|r| r.unwrap().0.value().1)
+            .into_iter()
+            .map(|(s, _)| s)
             .collect();
         assert_eq!(in_table, vec![2, 3]);
         assert_eq!(committed.get("a"), Some(&3));
@@ -812,5 +829,28 @@ mod tests {
         let results = commit_batch(&db, &next, &mut committed, &mut journal).unwrap();
         assert!(results[0].is_ok());
         assert!(matches!(results[1], Err(StoreError::Conflict(_))));
+    }
+    #[test]
+    fn messages_kept_one_per_entry_move_into_blocks_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        {
+            let db = Database::create(dir.path().join("kaiwa.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LEGACY_MESSAGES).unwrap();
+                for seq in 1..=5 {
+                    let Write::Append { msg, .. } = msg("a", seq) else {
+                        unreachable!()
+                    };
+                    t.insert(("a", seq), enc(&msg).unwrap().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        check_logs(&s, &rt, &[("a", 5)]);
+        rt.block_on(s.write(vec![msg("a", 6)])).unwrap();
+        check_logs(&s, &rt, &[("a", 6)]);
     }
 }

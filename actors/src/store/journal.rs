@@ -1,19 +1,19 @@
 //! The embedded store's journal: where appended messages become durable.
 //!
 //! A message is acked once it is durable, and a redb commit that carries messages for many
-//! chats is expensive: the messages table is keyed by (log, seq), so every chat's message dirties
-//! its own 4 KiB leaf, which is copied, checksummed and written out, and the commit's latency
-//! and CPU grow with the number of chats in it. Messages therefore go first to a journal: plain
-//! segment files in `<data-dir>/journal/`, appended to by the store's writer thread, one
-//! `write` and one `fdatasync` for everything a commit carries. An acked message is in a synced
-//! segment. A copy of each stays in memory in the [`Overlay`], which readers merge with the
-//! messages table.
+//! chats is expensive: logs are keyed by (log, seq) (see [`super::blocks`]), so every chat's
+//! message dirties its own 4 KiB leaf, which is copied, checksummed and written out, and the
+//! commit's latency and CPU grow with the number of chats in it. Messages therefore go first to
+//! a journal: plain segment files in `<data-dir>/journal/`, appended to by the store's writer
+//! thread, one `write` and one `fdatasync` for everything a commit carries. An acked message is
+//! in a synced segment. A copy of each stays in memory in the [`Overlay`], which readers merge
+//! with the blocks.
 //!
 //! When a segment holds `fold_at` messages it is sealed and a new one takes appends. The
-//! indexer thread folds sealed segments into the messages table in large sorted transactions
-//! (one leaf copy for many messages of a log), off the ack path and at a lower CPU priority,
-//! then forgets their copies in the overlay and deletes the file. A message is thus always in a
-//! segment file, the messages table, or both (same key, same bytes). On open, every segment
+//! indexer thread folds sealed segments into the message blocks (see [`super::blocks`]: one
+//! entry per run of a log's messages) in large sorted transactions, off the ack path and at a
+//! lower CPU priority, then forgets their copies in the overlay and deletes the file. A message
+//! is thus always in a segment file, a block, or both (same seq, same bytes). On open, every segment
 //! left by the last run is folded before anything else runs; a record torn by a crash at the end
 //! of the newest segment was never acked and is dropped.
 //!
@@ -29,16 +29,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::RwLock;
-use redb::{Database, TableDefinition, WriteTransaction};
+use redb::{Database, WriteTransaction};
 
+use super::blocks::{self, Entry, BLOCKS};
 use super::{StoreError, StoreResult};
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Most messages one indexer transaction folds, so that a write of other records (which waits
-/// for the indexer's transaction) never waits long.
+/// About the most messages one indexer transaction folds, so that a write of other records
+/// (which waits for the indexer's transaction) never waits long.
 const FOLD_CHUNK: usize = 8192;
 /// The indexer's nice value: folding yields the core to the threads that ack and deliver.
 const INDEXER_NICE: i32 = 10;
@@ -109,7 +110,7 @@ fn decode_one(data: &[u8]) -> Option<(usize, Record)> {
 /// Encoded messages of one log, by seq, tagged with the segment that holds them.
 type LogEntries = BTreeMap<u64, (u64, Arc<[u8]>)>;
 
-/// The journaled messages not yet folded into the messages table, for readers.
+/// The journaled messages not yet folded into blocks, for readers.
 #[derive(Default)]
 pub struct Overlay {
     logs: HashMap<String, LogEntries>,
@@ -231,15 +232,10 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
 }
 
 impl Journal {
-    /// Folds every segment left in `dir` into `db`'s `messages` table, then starts an empty
+    /// Folds every segment left in `dir` into `db`'s message blocks, then starts an empty
     /// journal there that seals a segment every `fold_at` messages, and its indexer thread.
     /// Returns the journal and how many messages were folded at open.
-    pub fn open(
-        dir: &Path,
-        db: Arc<Database>,
-        messages: TableDefinition<'static, (&'static str, u64), &'static [u8]>,
-        fold_at: usize,
-    ) -> StoreResult<(Journal, u64)> {
+    pub fn open(dir: &Path, db: Arc<Database>, fold_at: usize) -> StoreResult<(Journal, u64)> {
         fs::create_dir_all(dir).map_err(backend)?;
         let found = segments(dir)?;
         let mut folded = 0u64;
@@ -258,8 +254,10 @@ impl Journal {
                         records.len()
                     )));
                 }
+                // Cut into the same blocks as the indexer cuts a sealed segment, so that a
+                // segment folded again after a crash rewrites the very same blocks.
                 sort(&mut records);
-                folded += fold_into(&txn, messages, &records)?;
+                folded += fold_into(&txn, &entries(&records))?;
             }
             txn.commit().map_err(backend)?;
             for seg in &found {
@@ -272,7 +270,7 @@ impl Journal {
         let idx_overlay = overlay.clone();
         let handle = std::thread::Builder::new()
             .name("kaiwa-store-indexer".into())
-            .spawn(move || indexer_loop(&db, messages, rx, &idx_overlay))
+            .spawn(move || indexer_loop(&db, rx, &idx_overlay))
             .map_err(backend)?;
         let file = create_segment(dir, segment)?;
         Ok((
@@ -297,7 +295,7 @@ impl Journal {
         self.overlay.clone()
     }
 
-    /// The highest journaled seq of `log` not yet folded into the messages table.
+    /// The highest journaled seq of `log` not yet folded into blocks.
     pub fn last(&self, log: &str) -> Option<u64> {
         self.overlay.read().last(log)
     }
@@ -380,19 +378,36 @@ fn sort(records: &mut [Record]) {
     records.sort_unstable_by(|a, b| (a.log.as_str(), a.seq).cmp(&(b.log.as_str(), b.seq)));
 }
 
-/// Inserts `records` into `messages`; returns how many.
-fn fold_into(
-    txn: &WriteTransaction,
-    messages: TableDefinition<'static, (&'static str, u64), &'static [u8]>,
-    records: &[Record],
-) -> StoreResult<u64> {
-    let mut table = txn.open_table(messages).map_err(backend)?;
-    for r in records {
-        table
-            .insert((r.log.as_str(), r.seq), &r.bytes[..])
-            .map_err(backend)?;
+/// `records` as block entries.
+fn entries(records: &[Record]) -> Vec<Entry<'_>> {
+    records
+        .iter()
+        .map(|r| Entry {
+            log: &r.log,
+            seq: r.seq,
+            bytes: &r.bytes,
+        })
+        .collect()
+}
+
+/// Writes `entries` (sorted) as message blocks; returns how many messages.
+fn fold_into(txn: &WriteTransaction, entries: &[Entry<'_>]) -> StoreResult<u64> {
+    let mut table = txn.open_table(BLOCKS).map_err(backend)?;
+    blocks::write(&mut table, entries)?;
+    Ok(entries.len() as u64)
+}
+
+/// Groups the blocks `runs` cuts into transactions of about [`FOLD_CHUNK`] messages; each
+/// group starts and ends on a block boundary, so cutting a group again gives the same blocks.
+fn chunks(runs: &[std::ops::Range<usize>]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for r in runs {
+        match out.last_mut() {
+            Some(last) if r.end - last.start <= FOLD_CHUNK => last.end = r.end,
+            _ => out.push(r.clone()),
+        }
     }
-    Ok(records.len() as u64)
+    out
 }
 
 /// Lowers the calling thread's CPU priority (Linux applies a nice value per thread).
@@ -410,22 +425,17 @@ fn lower_priority() {
     }
 }
 
-/// Folds sealed segments into the messages table until the journal is dropped.
-fn indexer_loop(
-    db: &Database,
-    messages: TableDefinition<'static, (&'static str, u64), &'static [u8]>,
-    rx: Receiver<Sealed>,
-    overlay: &RwLock<Overlay>,
-) {
+/// Folds sealed segments into the message blocks until the journal is dropped.
+fn indexer_loop(db: &Database, rx: Receiver<Sealed>, overlay: &RwLock<Overlay>) {
     lower_priority();
     while let Ok(mut sealed) = rx.recv() {
-        // In key order, so that each chunk holds all of the segment's messages for its logs
-        // and a log's leaf is copied once per segment, not once per chunk.
+        // In key order, so that a log's messages of the whole segment make few blocks.
         sort(&mut sealed.records);
+        let all = entries(&sealed.records);
         let mut done = true;
-        for chunk in sealed.records.chunks(FOLD_CHUNK) {
+        for chunk in chunks(&blocks::runs(&all)) {
             let res = db.begin_write().map_err(backend).and_then(|txn| {
-                fold_into(&txn, messages, chunk)?;
+                fold_into(&txn, &all[chunk.clone()])?;
                 txn.commit().map_err(backend)
             });
             if let Err(e) = res {
@@ -434,9 +444,12 @@ fn indexer_loop(
                 done = false;
                 break;
             }
-            overlay.write().forget(sealed.segment, chunk);
+            overlay
+                .write()
+                .forget(sealed.segment, &sealed.records[chunk.clone()]);
             metrics::counter!("kaiwa_journal_folded_total").increment(chunk.len() as u64);
         }
+        drop(all);
         if done {
             if let Err(e) = fs::remove_file(&sealed.path) {
                 tracing::warn!("removing folded journal segment: {e}");
@@ -493,5 +506,41 @@ mod tests {
         o.forget(2, &[rec("a", 3, b"")]);
         assert_eq!(o.last("a"), None);
         assert_eq!(o.len, 0);
+    }
+    #[test]
+    fn a_segment_folded_in_chunks_makes_the_same_blocks_as_folded_whole() {
+        use redb::{ReadableDatabase, ReadableTable};
+        // Three logs, long enough that runs are cut by size and chunks cut between runs.
+        let mut records: Vec<Record> = (1..=7000u64)
+            .flat_map(|seq| ["a", "b", "c"].map(|log| rec(log, seq, b"body")))
+            .collect();
+        sort(&mut records);
+        let all = entries(&records);
+        let keys = |chunked: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::create(dir.path().join("t.redb")).unwrap();
+            let parts = if chunked {
+                chunks(&blocks::runs(&all))
+            } else {
+                vec![0..all.len()]
+            };
+            assert_eq!(parts.len() > 1, chunked);
+            for part in parts {
+                let txn = db.begin_write().unwrap();
+                fold_into(&txn, &all[part]).unwrap();
+                txn.commit().unwrap();
+            }
+            let read = db.begin_read().unwrap();
+            let t = read.open_table(BLOCKS).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, v) = r.unwrap();
+                    let (log, seq) = k.value();
+                    (log.to_string(), seq, v.value().len())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(true), keys(false));
     }
 }

@@ -5,6 +5,7 @@
 //! Writes go through [`Store::write`]: the future resolves only once the writes are durable, and
 //! a backend is free to commit many callers' writes together (group commit).
 
+pub mod blocks;
 #[cfg(test)]
 pub mod conformance;
 pub mod embedded;
