@@ -154,6 +154,15 @@ lost() {
   echo "$s"
 }
 
+# "; node N%, tool T% of a core": the medians of what each used during the traffic, so that a
+# latency row says which side was the busier (a saturated tool reports its own queueing).
+cpu() {
+  local n t
+  n=$(median_raw "$1" .extra.nodes_cpu_busy); t=$(median_raw "$1" .extra.tool_cpu_busy)
+  [ -z "$n$t" ] && return 0
+  awk -v n="${n:-0}" -v t="${t:-0}" 'BEGIN { printf "; node %.0f%%, tool %.0f%% of a core", n * 100, t * 100 }'
+}
+
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 # Latency rows leave the first 2 s of traffic out of their histograms (the tool starts
@@ -225,20 +234,22 @@ row() { # scenario target measured cmd-key
   echo "with the range and number of runs in brackets. Lost = acked messages neither delivered"
   echo "live nor recovered by sync, summed over all runs (must be 0). Latency rows run with"
   echo "\`$W\`: the first seconds of traffic count for throughput and loss but not for latency."
+  echo "Node and tool CPU: the share of one core each used during the traffic (medians; the node's"
+  echo "from its \`/metrics\`, the tool's from its own process), to tell which side limited a row."
   echo
   echo "| scenario | target | measured (median (min..max, runs)) | command |"
   echo "|---|---|---|---|"
-  row "fanout 1,000 members, max rate: deliveries/s" "≥ 1,000,000" "$(median fanout_max .deliveries_per_s); lost $(lost fanout_max)" fanout_max
-  row "fanout 1,000 members at 100 msgs/s: p99 send→deliver ms" "≤ 5" "$(median fanout_1k_100 .delivery_latency.p99_ms); lost $(lost fanout_1k_100)" fanout_1k_100
-  row "fanout $BIG members at 10 msgs/s: p99 send→deliver ms" "≤ 50" "$(median fanout_10k_10 .delivery_latency.p99_ms); lost $(lost fanout_10k_10)" fanout_10k_10
-  row "fanout 1,000 at 100 msgs/s + 1 stalled reader: p99 ms of the others (runs interleaved with the row above)" "within 10% of the run without" "$(median fanout_stalled .delivery_latency.p99_ms); lost $(lost fanout_stalled)" fanout_stalled
-  row "fanout 1,000 at max rate + 1 stalled reader: deliveries/s to the others" "within 10% of the run without" "$(median fanout_max_stalled .deliveries_per_s); lost $(lost fanout_max_stalled)" fanout_max_stalled
-  row "chat $PAIRS pairs, max rate: acked msgs/s" "≥ 50,000" "$(median chat_max .acks_per_s); lost $(lost chat_max)" chat_max
-  row "chat $PAIRS pairs at $CHAT_HALF_RATE msgs/s: p99 ack ms (acked msgs/s reached: $(median chat_half .acks_per_s))" "≤ 20" "$(median chat_half .ack_latency.p99_ms); lost $(lost chat_half)" chat_half
-  row "chat $PAIRS pairs at ${CHAT_OWN_RATE:-?} msgs/s (half the measured max): p99 ack ms" "—" "$(median chat_half_own .ack_latency.p99_ms); lost $(lost chat_half_own)" chat_half_own
+  row "fanout 1,000 members, max rate: deliveries/s" "≥ 1,000,000" "$(median fanout_max .deliveries_per_s); lost $(lost fanout_max)$(cpu fanout_max)" fanout_max
+  row "fanout 1,000 members at 100 msgs/s: p99 send→deliver ms" "≤ 5" "$(median fanout_1k_100 .delivery_latency.p99_ms); lost $(lost fanout_1k_100)$(cpu fanout_1k_100)" fanout_1k_100
+  row "fanout $BIG members at 10 msgs/s: p99 send→deliver ms" "≤ 50" "$(median fanout_10k_10 .delivery_latency.p99_ms); lost $(lost fanout_10k_10)$(cpu fanout_10k_10)" fanout_10k_10
+  row "fanout 1,000 at 100 msgs/s + 1 stalled reader: p99 ms of the others (runs interleaved with the row above)" "within 10% of the run without" "$(median fanout_stalled .delivery_latency.p99_ms); lost $(lost fanout_stalled)$(cpu fanout_stalled)" fanout_stalled
+  row "fanout 1,000 at max rate + 1 stalled reader: deliveries/s to the others" "within 10% of the run without" "$(median fanout_max_stalled .deliveries_per_s); lost $(lost fanout_max_stalled)$(cpu fanout_max_stalled)" fanout_max_stalled
+  row "chat $PAIRS pairs, max rate: acked msgs/s" "≥ 50,000" "$(median chat_max .acks_per_s); lost $(lost chat_max)$(cpu chat_max)" chat_max
+  row "chat $PAIRS pairs at $CHAT_HALF_RATE msgs/s: p99 ack ms (acked msgs/s reached: $(median chat_half .acks_per_s))" "≤ 20" "$(median chat_half .ack_latency.p99_ms); lost $(lost chat_half)$(cpu chat_half)" chat_half
+  row "chat $PAIRS pairs at ${CHAT_OWN_RATE:-?} msgs/s (half the measured max): p99 ack ms" "—" "$(median chat_half_own .ack_latency.p99_ms); lost $(lost chat_half_own)$(cpu chat_half_own)" chat_half_own
   row "connect $CONN idle connections: server RSS growth per connection, bytes" "≤ 4096" "$(median connect .extra.rss_per_connection_bytes)" connect
   row "connect $CONN: handshakes/s" "≥ 5,000" "$(median connect .connect.handshakes_per_s)" connect
-  row "churn (200 members, 500 churners, 50 connects/s, 50 msgs/s): p99 send→deliver ms" "—" "$(median churn .delivery_latency.p99_ms); lost $(lost churn)" churn
+  row "churn (200 members, 500 churners, 50 connects/s, 50 msgs/s): p99 send→deliver ms" "—" "$(median churn .delivery_latency.p99_ms); lost $(lost churn)$(cpu churn)" churn
   if [ -n "${CMD[tree]:-}" ]; then
     if [ -n "$TREE_NOTE" ]; then
       echo "| tree (1 + 10 + 100 groups, 10 members each) | — | $TREE_NOTE | \`$(tool_cmd "${CMD[tree]}")\` |"

@@ -193,6 +193,29 @@ impl Admin {
     }
 }
 
+/// A Prometheus metric summed over every node `target` names (each node's `/metrics` read
+/// once), or None if one of them cannot be read or lacks it.
+pub async fn sum_over_nodes(
+    admin: Option<&Admin>,
+    target: &crate::net::Target,
+    metric: &str,
+) -> Option<f64> {
+    let admin = admin?;
+    let mut bases: Vec<String> = target
+        .urls
+        .iter()
+        .map(|u| crate::net::http_base(u))
+        .collect();
+    bases.sort();
+    bases.dedup();
+    let mut total = 0.0;
+    for base in bases {
+        let metrics = admin.at(&base).metrics_text().await.ok()?;
+        total += metric_value(&metrics, metric)?;
+    }
+    Some(total)
+}
+
 /// Reads one sample of a Prometheus metric (the first line whose name matches exactly).
 pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod chart;
 pub mod client;
 pub mod clock;
+pub mod cpu;
 pub mod live;
 pub mod net;
 pub mod publisher;

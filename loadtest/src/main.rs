@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let target = Target::new(&c.url, c.sources, format)?;
     let admin = Admin::new(&target.http_base(), &c.admin_key);
     let mut ctx = Ctx::new(target, Duration::from_secs_f64(c.duration));
+    ctx.admin = Some(admin.clone());
     ctx.payload = c.payload;
     ctx.warmup = Duration::from_secs_f64(c.warmup.clamp(0.0, c.duration));
     ctx.progress = std::io::stderr().is_terminal();

@@ -78,6 +78,10 @@ async fn latency_histogram_sees_the_delivery_delay() {
     let _ = std::fs::remove_file(&svg);
     assert!(text.contains("<svg") && text.contains("polyline"));
     assert!(report.summary().contains("p99.9"));
+    // The tool says how busy it was; without an admin handle it cannot read the nodes'.
+    let busy = report.extra["tool_cpu_busy"].as_f64().unwrap();
+    assert!((0.0..=1.5).contains(&busy), "tool busy {busy}");
+    assert!(!report.extra.contains_key("nodes_cpu_busy"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{create_users, Ctx};
 use crate::admin::Admin;
+use crate::cpu::CpuWatch;
 use crate::live::{wait_deliveries, Live, Sampler};
 use crate::publisher::{publish, BodyKind, PublishPlan, PublishResult};
 use crate::receivers::{LocalReceivers, ReceiverJob, ReceiverSpec};
@@ -101,6 +102,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
             Err(_) => open_errors += 1,
         }
     }
+    let cpu = CpuWatch::start(ctx.admin.as_ref(), &ctx.target).await;
     let sampler = Sampler::start(live.clone(), "chat", ctx.progress);
     let started = Instant::now();
     let until = started + ctx.duration;
@@ -138,6 +140,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
     }
     // The traffic phase ends with the last publisher; merging below is bookkeeping.
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish().await;
     let mut total = PublishResult::default();
     let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
     for (conv, r) in results {
@@ -176,5 +179,6 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
     report
         .extra
         .insert("chat_open_errors".into(), json!(open_errors));
+    cpu.record(&mut report.extra);
     Ok(report)
 }

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::fanout::{plan_for, FanoutPlan};
 use super::{create_users, Ctx};
 use crate::admin::Admin;
+use crate::cpu::CpuWatch;
 use crate::live::{wait_deliveries, Live, Sampler};
 use crate::net::{connect_error_kind, ConnectStats};
 use crate::publisher::{drain, publish, BodyKind, PublishPlan};
@@ -68,6 +69,7 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
     let pool = ctx.start_receivers(1, fan.receivers.clone(), &live).await?;
     let publisher = Arc::new(ctx.target.connect(0, &fan.publishers[0]).await?);
     let drainer = drain(publisher.clone());
+    let cpu = CpuWatch::start(ctx.admin.as_ref(), &ctx.target).await;
     let sampler = Sampler::start(live.clone(), "churn", ctx.progress);
     let started = Instant::now();
     let until = started + ctx.duration;
@@ -92,6 +94,7 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
     let mut sent = pub_task.await?;
     sent.ack_latency.merge(&live.take_ack_latency());
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish().await;
     wait_deliveries(
         &live,
         u64::MAX,
@@ -109,6 +112,7 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
         "duration_s": ctx.duration.as_secs_f64(),
     });
     let mut report = Report::new("churn", params, &ctx.target, elapsed, &rx, &sent, timeline);
+    cpu.record(&mut report.extra);
     let (stats, disconnects) = churn;
     report.extra.insert(
         "churn_connects_per_s".into(),

@@ -8,9 +8,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::{create_users, Ctx};
-use crate::admin::{metric_value, Admin};
+use crate::admin::{sum_over_nodes, Admin};
 use crate::live::{Live, Sampler};
-use crate::net::{http_base, Target};
+use crate::net::Target;
 use crate::publisher::PublishResult;
 use crate::receivers::ReceiverSpec;
 use crate::report::Report;
@@ -21,16 +21,7 @@ pub const RSS_METRIC: &str = "process_resident_memory_bytes";
 /// The resident memory of every node the run targets, summed, if each one's `/metrics` can be
 /// read (connections are spread over all of them).
 pub async fn server_rss(admin: Option<&Admin>, target: &Target) -> Option<f64> {
-    let admin = admin?;
-    let mut bases: Vec<String> = target.urls.iter().map(|u| http_base(u)).collect();
-    bases.sort();
-    bases.dedup();
-    let mut total = 0.0;
-    for base in bases {
-        let metrics = admin.at(&base).metrics_text().await.ok()?;
-        total += metric_value(&metrics, RSS_METRIC)?;
-    }
-    Some(total)
+    sum_over_nodes(admin, target, RSS_METRIC).await
 }
 
 /// Creates `n` users with tokens.

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{create_users, Ctx};
 use crate::admin::Admin;
+use crate::cpu::CpuWatch;
 use crate::live::{wait_deliveries, Live, Sampler};
 use crate::publisher::{drain, publish, BodyKind, PublishPlan, PublishResult};
 use crate::receivers::ReceiverSpec;
@@ -112,6 +113,7 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         c.pause_reading();
         stalled.push(c);
     }
+    let cpu = CpuWatch::start(ctx.admin.as_ref(), &ctx.target).await;
     let sampler = Sampler::start(live.clone(), "fanout", ctx.progress);
     let started = Instant::now();
     let until = started + ctx.duration;
@@ -140,6 +142,7 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         results.push(t.await?);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish().await;
     let mut sent = PublishResult::default();
     for r in &results {
         sent.merge(r);
@@ -168,13 +171,7 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
         "rate": opts.rate, "window": opts.window, "payload": ctx.payload,
         "duration_s": ctx.duration.as_secs_f64(),
     });
-    Ok(Report::new(
-        "fanout",
-        params,
-        &ctx.target,
-        elapsed,
-        &rx,
-        &sent,
-        timeline,
-    ))
+    let mut report = Report::new("fanout", params, &ctx.target, elapsed, &rx, &sent, timeline);
+    cpu.record(&mut report.extra);
+    Ok(report)
 }

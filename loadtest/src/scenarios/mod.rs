@@ -34,6 +34,8 @@ pub struct Ctx {
     pub worker_exe: Option<std::path::PathBuf>,
     /// Unique per run: names users and makes `client_msg_id`s unique.
     pub run_id: String,
+    /// Reads the nodes' `/metrics` (CPU during traffic); None measures the tool only.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 impl Ctx {
@@ -74,6 +76,7 @@ impl Ctx {
             pacing: Pacing::default(),
             worker_exe: None,
             run_id: format!("{}", crate::clock::epoch_unix_ns() / 1_000_000),
+            admin: None,
         }
     }
 }
