@@ -230,7 +230,7 @@ row() { # scenario target measured cmd-key
   echo "Machine: $CORES cores ($CPU), $MEM memory, open files per process limited to $(ulimit -Hn)."
   echo "Setup: release build; every run on a fresh node started as \`$NODE_CMD\`;"
   echo "the tool pinned to the other core; 100-byte text messages in JSON; durable acks on"
-  echo "(each send is acked after its redb commit). Each figure is the median of $REPEAT runs,"
+  echo "(each send is acked once durable: after the fdatasync of its journal append). Each figure is the median of $REPEAT runs,"
   echo "with the range and number of runs in brackets. Lost = acked messages neither delivered"
   echo "live nor recovered by sync, summed over all runs (must be 0). Latency rows run with"
   echo "\`$W\`: the first seconds of traffic count for throughput and loss but not for latency."

@@ -99,3 +99,20 @@ async fn members_come_and_go_with_events() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn metrics_report_cpu_to_the_microsecond_and_socket_flushes() {
+    let node = Node::start().await;
+    let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
+    let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    send(&ca, &conv, "1", "hi Bob").await;
+    messages(&cb, 1).await;
+    let text = node.admin().metrics_text().await.unwrap();
+    let value = |name: &str| kaiwa_loadtest::admin::metric_value(&text, name);
+    // A fresh node has used a fraction of a second: whole seconds would read 0.
+    let cpu = value("kaiwa_process_cpu_seconds").expect("the node's CPU time");
+    assert!(cpu > 0.0 && cpu.fract() != 0.0, "cpu {cpu}");
+    assert!(value("kaiwa_flush_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(value("kaiwa_flush_connections_count").unwrap_or(0.0) >= 1.0);
+}

@@ -12,8 +12,9 @@ use serde_json::{json, Map, Value};
 use crate::admin::{sum_over_nodes, Admin};
 use crate::net::Target;
 
-/// The Prometheus metric with a process's CPU time (user + system), seconds.
-pub const CPU_METRIC: &str = "process_cpu_seconds_total";
+/// The Prometheus metric with a node's CPU time (user + system), seconds to the microsecond
+/// (`process_cpu_seconds_total` counts whole seconds).
+pub const CPU_METRIC: &str = "kaiwa_process_cpu_seconds";
 
 /// Above this share of its core the tool's latency figures include its own queueing.
 pub const TOOL_SATURATED: f64 = 0.85;
