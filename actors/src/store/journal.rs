@@ -519,10 +519,11 @@ mod tests {
         let keys = |chunked: bool| {
             let dir = tempfile::tempdir().unwrap();
             let db = Database::create(dir.path().join("t.redb")).unwrap();
+            let whole = 0..all.len();
             let parts = if chunked {
                 chunks(&blocks::runs(&all))
             } else {
-                vec![0..all.len()]
+                vec![whole]
             };
             assert_eq!(parts.len() > 1, chunked);
             for part in parts {
