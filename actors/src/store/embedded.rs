@@ -853,4 +853,20 @@ mod tests {
         rt.block_on(s.write(vec![msg("a", 6)])).unwrap();
         check_logs(&s, &rt, &[("a", 6)]);
     }
+    #[test]
+    fn a_corrupt_record_in_a_sealed_segment_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(&journal).unwrap();
+        // Segment 0 was sealed (synced whole) before segment 1 took appends, so damage inside it
+        // is corruption, not a torn write: the store refuses to guess.
+        std::fs::write(
+            journal.join(format!("{:020}.log", 0)),
+            [9u8, 0, 0, 0, 1, 2, 3, 4, 5],
+        )
+        .unwrap();
+        std::fs::write(journal.join(format!("{:020}.log", 1)), []).unwrap();
+        let err = EmbeddedStore::open(dir.path()).err().expect("open refused");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
 }
