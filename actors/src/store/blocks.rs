@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, Table, TableDefinition};
 
-use super::{StoreError, StoreResult};
+use super::{backend, StoreResult};
 
 /// The table of blocks: (log, first seq) → the block's messages.
 pub type BlocksDef = TableDefinition<'static, (&'static str, u64), &'static [u8]>;
@@ -28,10 +28,6 @@ pub const BLOCKS: BlocksDef = TableDefinition::new("message_blocks");
 pub const MAX_BLOCK_MESSAGES: usize = 64;
 /// Most bytes in one block (a block holds at least one message, whatever its size).
 pub const MAX_BLOCK_BYTES: usize = 16 * 1024;
-
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
 
 /// One message of a log, encoded as the store keeps it.
 pub struct Entry<'a> {

@@ -64,10 +64,6 @@ impl Drop for EmbeddedStore {
     }
 }
 
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 fn enc<T: serde::Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     // Sized for a typical message, so that encoding does not grow the buffer several times.
     let mut buf = Vec::with_capacity(256);

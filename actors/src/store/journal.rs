@@ -32,11 +32,7 @@ use parking_lot::RwLock;
 use redb::{Database, WriteTransaction};
 
 use super::blocks::{self, Entry, BLOCKS};
-use super::{StoreError, StoreResult};
-
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
+use super::{backend, StoreResult};
 
 /// About the most messages one indexer transaction folds, so that a write of other records
 /// (which waits for the indexer's transaction) never waits long.
@@ -333,12 +329,16 @@ impl Journal {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::with_capacity(64 * 1024);
         }
-        self.overlay.write().insert(self.segment, &records);
+        let held = {
+            let mut overlay = self.overlay.write();
+            overlay.insert(self.segment, &records);
+            overlay.len
+        };
+        metrics::gauge!("kaiwa_journal_messages").set(held as f64);
         self.records.extend(records);
         if self.records.len() >= self.fold_at {
             self.seal()?;
         }
-        metrics::gauge!("kaiwa_journal_messages").set(self.overlay.read().len as f64);
         Ok(())
     }
 

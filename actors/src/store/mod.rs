@@ -42,6 +42,11 @@ impl From<StoreError> for KaiwaError {
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Wraps a backend's own error (redb, Redis, I/O) as [`StoreError::Backend`].
+pub(crate) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
 /// A pending store call; `'static` so that actors can hold it across mailbox turns.
 pub type StoreFuture<T> = BoxFuture<'static, StoreResult<T>>;
 

@@ -192,10 +192,6 @@ async fn writer(conn: Arc<RedisConn>, mut rx: tokio::sync::mpsc::UnboundedReceiv
     }
 }
 
-fn backend<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 fn failure(e: RedisFailure) -> StoreError {
     match e {
         RedisFailure::Reply(m) if m.contains("CONFLICT") => StoreError::Conflict(m),
