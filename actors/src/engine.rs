@@ -96,9 +96,19 @@ pub struct Engine {
     /// The arbiter entity actors start on instead of `arbiter`, once set (see `adopt_arbiter`).
     adopted: OnceLock<ArbiterHandle>,
     dir: Directory,
+    /// The next connection id; starts at [`first_conn_id`].
     next_conn: AtomicU64,
     /// Set once in cluster mode; `None` on a node that runs alone.
     cluster: OnceLock<Arc<Cluster>>,
+}
+
+/// Where a node's connection ids start: a random point below 2^52, different at every start.
+/// In a cluster, an owner's reply finds the connection that asked by (connection id, request
+/// id); were ids counted from 1 at every start, a reply meant for a connection of the node's
+/// previous run (delayed past its restart) would answer the request with the same ids on its new
+/// run: an ack with another message's seq.
+fn first_conn_id() -> u64 {
+    1 + rand::random::<u64>() % (1 << 52)
 }
 
 /// Finds the live actor in `map` or starts one on the engine's arbiter.
@@ -155,7 +165,7 @@ impl Engine {
             arbiter,
             adopted: OnceLock::new(),
             dir: Directory::default(),
-            next_conn: AtomicU64::new(1),
+            next_conn: AtomicU64::new(first_conn_id()),
             cluster: OnceLock::new(),
         })
     }
@@ -327,5 +337,22 @@ impl Engine {
         self.dir.chats.retain(|id, _| keep(id));
         self.dir.groups.retain(|id, _| keep(id));
         dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_start_numbers_its_connections_from_its_own_point() {
+        let starts: std::collections::HashSet<u64> = (0..100).map(|_| first_conn_id()).collect();
+        assert_eq!(
+            starts.len(),
+            100,
+            "two starts share their first connection id"
+        );
+        // Ids stay exact in clients and tools that read numbers as doubles.
+        assert!(starts.iter().all(|s| (1..=1 << 52).contains(s)));
     }
 }
