@@ -97,8 +97,7 @@ pub fn http_base(ws: &str) -> String {
 }
 
 fn host_of(url: &str) -> anyhow::Result<String> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri =
-        url.parse().with_context(|| format!("bad url {url}"))?;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("bad url {url}"))?;
     Ok(uri
         .host()
         .context("url has no host")?

@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, Incoming, Tap};
+use crate::client::{Client, Data, Incoming, Tap};
 use crate::clock;
 use crate::live::Live;
 use crate::net::{connect_all, ConnectStats, Pacing, Target};
@@ -145,7 +144,7 @@ impl LocalReceivers {
         let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
         let make_tap = |i: usize| -> Option<Tap> {
             let (seen, live, latency) = (seen[i].clone(), live.clone(), latency.clone());
-            Some(Box::new(move |msg: &Message| {
+            Some(Box::new(move |msg: Data<'_>| {
                 tap_message(msg, &seen, &live, &latency[i % SHARDS])
             }))
         };
@@ -290,17 +289,16 @@ struct AnnouncementPeek<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-fn peek(msg: &Message) -> Option<MessagePeek<'_>> {
+fn peek(msg: Data<'_>) -> Option<MessagePeek<'_>> {
     let p: MessagePeek = match msg {
-        Message::Text(t) => serde_json::from_str(t.as_str()).ok()?,
-        Message::Binary(b) => rmp_serde::from_slice(b).ok()?,
-        _ => return None,
+        Data::Text(t) => serde_json::from_str(t).ok()?,
+        Data::Binary(b) => rmp_serde::from_slice(b).ok()?,
     };
     (p.ev == "message").then_some(p)
 }
 
 /// A receiver's tap: records `message` events straight from the reader; leaves anything else.
-fn tap_message(msg: &Message, seen: &Mutex<Seen>, live: &Live, latency: &Mutex<Latency>) -> bool {
+fn tap_message(msg: Data<'_>, seen: &Mutex<Seen>, live: &Live, latency: &Mutex<Latency>) -> bool {
     let Some(p) = peek(msg) else {
         return false;
     };
