@@ -106,3 +106,56 @@ async fn paused_reading_holds_events_back() {
     c.resume_reading();
     assert!(c.next_event("message", T).await.is_some());
 }
+
+/// A server may send its first frame in the same segment as the upgrade response; the bytes the
+/// HTTP layer read past the response must reach the WebSocket reader.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_response_is_not_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "client went away during the handshake");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let req = String::from_utf8_lossy(&req).into_owned();
+        let key = req
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .expect("the upgrade request has a key");
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+        .into_bytes();
+        // One unmasked text frame, in the same write as the response.
+        let payload = br#"{"ev":"hello","n":1}"#;
+        out.extend_from_slice(&[0x81, payload.len() as u8]);
+        out.extend_from_slice(payload);
+        s.write_all(&out).await.unwrap();
+        // Hold the connection until the client closes it.
+        let _ = s.read(&mut buf).await;
+    });
+    let c = Client::connect(&format!("ws://{addr}"), "t", WireFormat::Json)
+        .await
+        .unwrap();
+    let ev = c
+        .next_event("hello", T)
+        .await
+        .expect("the early frame arrives");
+    assert_eq!(ev["n"], 1);
+    c.close().await;
+    server.await.unwrap();
+}
