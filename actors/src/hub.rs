@@ -108,12 +108,13 @@ impl Hub {
         for user in recipients {
             if let Some(conns) = self.by_user.get(user) {
                 for c in conns.iter() {
-                    if c.outbox.push(event.frame(c.event_format())) {
+                    if c.outbox.push_uncounted(event.frame(c.event_format())) {
                         n += 1;
                     }
                 }
             }
         }
+        metrics::counter!("kaiwa_frames_out_total").increment(n);
         n
     }
 

@@ -109,6 +109,17 @@ impl Outbox {
     /// Queues a data frame. Returns false when the connection is closing or the queue was full;
     /// a full queue closes the connection with [`CLOSE_SLOW_CONSUMER`] and drops what it held.
     pub fn push(self: &Arc<Self>, frame: OutFrame) -> bool {
+        let queued = self.push_uncounted(frame);
+        if queued {
+            self.frames_out.increment(1);
+        }
+        queued
+    }
+
+    /// [`Outbox::push`] without counting the frame in `kaiwa_frames_out_total`, for a caller
+    /// that counts a whole fan-out at once (one shared counter update per message instead of
+    /// one per member).
+    pub fn push_uncounted(self: &Arc<Self>, frame: OutFrame) -> bool {
         let mut s = self.state.lock();
         if s.close.is_some() {
             return false;
@@ -128,7 +139,6 @@ impl Outbox {
         let first = s.queue.is_empty();
         s.queue.push_back(frame.wire);
         drop(s);
-        self.frames_out.increment(1);
         if first {
             self.schedule();
         }

@@ -146,7 +146,7 @@ pub async fn upgrade(
     sock.set_nodelay(true)?;
     let conn = st
         .engine
-        .new_conn(&user, format, Box::new(TcpWire(sock.clone())));
+        .new_conn(&user, format, Box::new(TcpWire::new(sock.clone())));
     let reader = FrameReader::new(
         sock.clone(),
         leftover,

@@ -8,6 +8,7 @@
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use kaiwa_actors::outbox::{Flushed, Outbox, Wire};
@@ -16,7 +17,21 @@ use tokio::net::TcpStream;
 
 /// A connection's TCP socket, shared by its reader, its writer task and every thread that
 /// flushes frames to it.
-pub struct TcpWire(pub Arc<TcpStream>);
+pub struct TcpWire {
+    sock: Arc<TcpStream>,
+    /// The socket's descriptor, kept beside the handle: a fan-out writes thousands of sockets
+    /// in a row, and reaching the descriptor through the runtime's socket object was a cache
+    /// miss per socket (3.5% of the node with 10,000 members).
+    fd: RawFd,
+}
+
+impl TcpWire {
+    /// Wraps the connection's socket.
+    pub fn new(sock: Arc<TcpStream>) -> TcpWire {
+        let fd = sock.as_raw_fd();
+        TcpWire { sock, fd }
+    }
+}
 
 impl Wire for TcpWire {
     /// One `sendmsg` of everything queued. A socket written with `writev` goes through the
@@ -30,9 +45,11 @@ impl Wire for TcpWire {
     /// edge (a wakeup that arrives in between is kept: `try_io` clears only the readiness it
     /// read before its own attempt).
     fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let sock = &*self.0;
+        let sock = &*self.sock;
+        // SAFETY: `self.sock` owns the descriptor and lives as long as `self`.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let send =
-            || socket2::SockRef::from(sock).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL);
+            || socket2::SockRef::from(&fd).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL);
         match send() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 sock.try_io(Interest::WRITABLE, send)
@@ -43,7 +60,7 @@ impl Wire for TcpWire {
 
     fn shutdown(&self) {
         // Errors mean the socket is gone already, which is what was asked.
-        let _ = socket2::SockRef::from(&*self.0).shutdown(Shutdown::Both);
+        let _ = socket2::SockRef::from(&*self.sock).shutdown(Shutdown::Both);
     }
 }
 
