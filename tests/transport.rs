@@ -1,6 +1,6 @@
 //! The WebSocket transport itself, below the protocol: fragmented messages, frames that arrive
-//! with the handshake, the hard size limit on joined fragments, and requests that are not
-//! WebSocket upgrades.
+//! with the handshake, the hard size limit on joined fragments, pings, and requests that are
+//! not WebSocket upgrades.
 
 mod common;
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use kaiwa_loadtest::WireFormat;
-use serde_json::Value;
+use kaiwa_loadtest::{Incoming, WireFormat};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -206,5 +206,30 @@ async fn connections_dropped_while_messages_flow_release_their_sockets() {
             open_files(&node)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node pings every connection; a client that answers (the test client does on its own)
+/// stays, one that reads nothing is cut off with 4009 once the timeout passes.
+#[tokio::test]
+async fn pings_keep_an_answering_client_and_cut_a_silent_one() {
+    let node = Node::start_with(&["--ping-interval-ms", "100", "--ping-timeout-ms", "500"]).await;
+    let (_, live) = node.user("Ann", None, WireFormat::Json).await;
+    let (_, silent) = node.user("Bob", None, WireFormat::Json).await;
+    silent.pause_reading();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ok(&live, "ping", json!({})).await;
+    silent.resume_reading();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match silent.next(left).await {
+            Some(Incoming::Closed(close)) => {
+                assert_eq!(close.map(|(code, _)| code), Some(4009));
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("the silent client was not closed"),
+        }
     }
 }

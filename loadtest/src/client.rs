@@ -415,11 +415,13 @@ async fn handshake(
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ConnectError::other(anyhow!("upgraded connection is not a TCP stream")))?;
     let (r, w) = parts.io.into_inner().into_split();
-    let (read, write) = fastwebsockets::after_handshake_split(
+    let (mut read, write) = fastwebsockets::after_handshake_split(
         Cursor::new(parts.read_buf).chain(r),
         w,
         fastwebsockets::Role::Client,
     );
+    // Pings come to the reader, which answers them only while it is not paused.
+    read.set_auto_pong(false);
     Ok((FragmentCollectorRead::new(read), write))
 }
 
@@ -484,8 +486,8 @@ fn socket_addr_of(url: &str) -> anyhow::Result<SocketAddr> {
 /// tap), and ends with [`Incoming::Closed`].
 ///
 /// A frame read is never cancelled halfway (the reader's buffer would lose its place), so a
-/// pause is checked between frames: a frame that arrives while paused is held, unhandled,
-/// until reading resumes.
+/// pause is checked between frames: a frame that arrives while paused (a ping too) is held,
+/// unhandled and unanswered, until reading resumes.
 async fn read_loop(
     mut read: WsRead,
     writer: Writer,
@@ -494,7 +496,7 @@ async fn read_loop(
     mut paused: watch::Receiver<bool>,
     mut tap: Option<Tap>,
 ) {
-    // Pongs and the answer to a close frame go out on the shared write half. One that cannot
+    // The answer to a close frame goes out on the shared write half. One that cannot
     // be written (the peer is gone) must not hide the frame that asked for it: a close frame's
     // code is what the caller wants to see.
     let mut obligated = |frame: Frame<'static>| {
@@ -523,7 +525,12 @@ async fn read_loop(
                 Err(_) => continue,
             },
             OpCode::Binary => Data::Binary(&frame.payload),
-            // Pings are answered by the reader; pongs need nothing.
+            OpCode::Ping => {
+                let pong = Frame::pong(frame.payload);
+                let _ = writer.lock().await.write_frame(pong).await;
+                continue;
+            }
+            // Pongs need nothing.
             _ => continue,
         };
         if let Some(tap) = tap.as_mut() {
