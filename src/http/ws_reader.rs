@@ -6,8 +6,8 @@
 //! released as soon as it is empty again. Frames are decoded by actix-http's WebSocket codec;
 //! fragmented messages are joined here, up to the hard limit.
 
-use std::cell::RefCell;
-use std::io;
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -17,6 +17,7 @@ use actix_http::ws::{Codec, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use kaiwa_actors::session::Inbound;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Size of the per-thread scratch buffer one read fills.
@@ -146,10 +147,33 @@ impl FrameReader {
     }
 
     /// Reads what the socket has into the buffer: `Ok(false)` at the end of the stream.
+    ///
+    /// A read that does not fill the scratch buffer has drained the socket, so it also clears
+    /// the runtime's read readiness (as tokio's own `poll_read` does): the next poll waits for
+    /// new data instead of trying a read that can only fail. Without this, every message a
+    /// client sent cost the node a second `recv` that returned `EAGAIN` (half of all `recv`s
+    /// in a chat run). The clearing goes through `try_io`, which clears only the readiness it
+    /// saw before the read, so data that arrives after it still wakes the reader.
     fn read(&mut self) -> io::Result<bool> {
         SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
-            let n = self.sock.try_read(&mut s[..])?;
+            let got = Cell::new(0);
+            let res = self.sock.try_io(Interest::READABLE, || {
+                let n = (&*socket2::SockRef::from(&*self.sock)).read(&mut s[..])?;
+                got.set(n);
+                if 0 < n && n < s.len() {
+                    // Drained: have `try_io` clear the readiness.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match res {
+                Err(e) if !(e.kind() == io::ErrorKind::WouldBlock && got.get() > 0) => {
+                    return Err(e)
+                }
+                _ => {}
+            }
+            let n = got.get();
             self.buf.extend_from_slice(&s[..n]);
             Ok(n > 0)
         })
