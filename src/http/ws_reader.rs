@@ -167,13 +167,11 @@ impl FrameReader {
                 }
                 Ok(())
             });
-            match res {
-                Err(e) if !(e.kind() == io::ErrorKind::WouldBlock && got.get() > 0) => {
-                    return Err(e)
-                }
-                _ => {}
-            }
             let n = got.get();
+            // An error after bytes were read is the drained signal above, not a failure.
+            if let (Err(e), 0) = (res, n) {
+                return Err(e);
+            }
             self.buf.extend_from_slice(&s[..n]);
             Ok(n > 0)
         })
