@@ -177,10 +177,17 @@ impl ConvCore {
 
     /// Publishes an event to a set of users, once, through the bus.
     pub fn publish(&self, recipients: Arc<[Id]>, event: Event) {
-        self.engine.bus.publish(Envelope::Deliver {
-            recipients,
-            event: Arc::new(SharedEvent::new(event)),
-        });
+        self.publish_burst(recipients, vec![Arc::new(SharedEvent::new(event))]);
+    }
+
+    /// Publishes events, in order, to a set of users as one burst: each member gets its share in
+    /// one write.
+    pub fn publish_burst(&self, recipients: Arc<[Id]>, events: Vec<Arc<SharedEvent>>) {
+        if !events.is_empty() {
+            self.engine
+                .bus
+                .publish(Envelope::Deliver { recipients, events });
+        }
     }
 
     /// `group.members` as `caller` may see it: in a public group a plain member sees only the
@@ -368,7 +375,8 @@ fn fail(r: Released) {
 }
 
 /// Acks and fans out released messages in order; after a failed write, answers `internal` and
-/// reloads the log's position from the store before taking more writes.
+/// reloads the log's position from the store before taking more writes. Messages released
+/// together for the same recipients are published as one burst.
 fn release<A: Conversation>(
     act: &mut A,
     ctx: &mut Context<A>,
@@ -376,6 +384,7 @@ fn release<A: Conversation>(
     released: Vec<Released>,
 ) {
     let mut failed = false;
+    let mut burst = Burst::default();
     for r in released {
         if let Err(e) = &r.result {
             tracing::warn!("append failed: {e}");
@@ -396,9 +405,12 @@ fn release<A: Conversation>(
             let _ = n.send(Ok(ack.clone()));
         }
         if let Some(core) = act.core_mut() {
-            core.publish(r.recipients.clone(), Event::Message(r.msg.msg.clone()));
+            burst.add(core, &r.recipients, Event::Message(r.msg.msg.clone()));
         }
         act.after_release(&r.msg, ctx);
+    }
+    if let Some(core) = act.core_mut() {
+        burst.publish(core);
     }
     if failed {
         let Some(core) = act.core_mut() else { return };
@@ -416,6 +428,36 @@ fn release<A: Conversation>(
                 }
             })
             .wait(ctx);
+    }
+}
+
+/// Events released together, gathered while they go to the same recipients.
+#[derive(Default)]
+struct Burst {
+    recipients: Option<Arc<[Id]>>,
+    events: Vec<Arc<SharedEvent>>,
+}
+
+impl Burst {
+    /// Adds an event for `recipients`; what was gathered for others is published first, so the
+    /// order of events is kept.
+    fn add(&mut self, core: &ConvCore, recipients: &Arc<[Id]>, event: Event) {
+        if !self
+            .recipients
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, recipients))
+        {
+            self.publish(core);
+            self.recipients = Some(recipients.clone());
+        }
+        self.events.push(Arc::new(SharedEvent::new(event)));
+    }
+
+    /// Publishes what is gathered.
+    fn publish(&mut self, core: &ConvCore) {
+        if let Some(to) = self.recipients.take() {
+            core.publish_burst(to, std::mem::take(&mut self.events));
+        }
     }
 }
 

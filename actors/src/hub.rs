@@ -100,17 +100,20 @@ impl Hub {
         }
     }
 
-    /// Pushes the event to every connection of every recipient on this node; returns how many
-    /// connections it reached. The frame is encoded once per format and shared (a reference
-    /// count, no copy of the payload per recipient).
-    pub fn deliver(&self, recipients: &[Id], event: &SharedEvent) -> u64 {
+    /// Pushes the events, in order, to every connection of every recipient on this node;
+    /// returns how many frames it queued. Each frame is encoded once per format and shared (a
+    /// reference count, no copy of the payload per recipient). Several events go member by
+    /// member: all of a member's frames are queued before the next member's, so that the
+    /// outbox, which writes a fan-out in batches as it goes, sends each member one write.
+    pub fn deliver(&self, recipients: &[Id], events: &[Arc<SharedEvent>]) -> u64 {
         let mut n = 0;
         for user in recipients {
             if let Some(conns) = self.by_user.get(user) {
                 for c in conns.iter() {
-                    if c.outbox.push_uncounted(event.frame(c.event_format())) {
-                        n += 1;
-                    }
+                    let format = c.event_format();
+                    n += c
+                        .outbox
+                        .push_all_uncounted(events.iter().map(|e| e.frame(format)));
                 }
             }
         }
@@ -141,10 +144,12 @@ mod tests {
         let hub = Hub::new();
         let c = Arc::new(Conn::new(1, "u".into(), 8, None, None));
         hub.register(c.clone());
-        let ev = SharedEvent::new(crate::protocol::Event::MemberAdded {
-            conv: "c".into(),
-            user: "v".into(),
-        });
+        let ev = [Arc::new(SharedEvent::new(
+            crate::protocol::Event::MemberAdded {
+                conv: "c".into(),
+                user: "v".into(),
+            },
+        ))];
         assert_eq!(hub.deliver(&["u".into(), "x".into()], &ev), 1);
         assert_eq!(c.outbox.len(), 1);
         hub.unregister(&c);

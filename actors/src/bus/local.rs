@@ -24,8 +24,8 @@ impl LocalBus {
 impl Bus for LocalBus {
     fn publish(&self, envelope: Envelope) {
         match envelope {
-            Envelope::Deliver { recipients, event } => {
-                let n = self.hub.deliver(&recipients, &event);
+            Envelope::Deliver { recipients, events } => {
+                let n = self.hub.deliver(&recipients, &events);
                 self.deliveries.increment(n);
             }
         }

@@ -13,10 +13,12 @@ use crate::protocol::{Id, SharedEvent};
 /// What travels on the bus.
 #[derive(Debug, Clone)]
 pub enum Envelope {
-    /// Deliver an event to every connection of these users.
+    /// Deliver events, in order, to every connection of these users. A burst (messages
+    /// released together) travels as one envelope and goes out member by member, so that each
+    /// member's share of it leaves in one socket write.
     Deliver {
         recipients: Arc<[Id]>,
-        event: Arc<SharedEvent>,
+        events: Vec<Arc<SharedEvent>>,
     },
 }
 

@@ -27,8 +27,8 @@ const PUBLISH_BATCH: usize = 512;
 /// What travels between nodes, MessagePack-encoded (rmp-serde, named fields).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Wire {
-    /// An event for these users, all of whom have a session on the receiving node.
-    Deliver { users: Vec<Id>, event: Event },
+    /// Events, in order, for these users, all of whom have a session on the receiving node.
+    Deliver { users: Vec<Id>, events: Vec<Event> },
     /// A client request for an entity the receiving node owns, as the client sent it.
     Request {
         node: String,
@@ -93,7 +93,7 @@ pub struct RedisBus(pub Arc<Cluster>);
 impl Bus for RedisBus {
     fn publish(&self, envelope: Envelope) {
         match envelope {
-            Envelope::Deliver { recipients, event } => self.0.fan_out(&recipients, &event),
+            Envelope::Deliver { recipients, events } => self.0.fan_out(&recipients, &events),
         }
     }
 }
@@ -118,15 +118,15 @@ impl Cluster {
         }
     }
 
-    /// Delivers an event: to this node's sessions directly, and once to each other node that
+    /// Delivers events: to this node's sessions directly, and once to each other node that
     /// hosts a recipient, naming only that node's recipients.
-    pub fn fan_out(&self, recipients: &[Id], event: &Arc<SharedEvent>) {
-        let n = self.hub.deliver(recipients, event);
+    pub fn fan_out(&self, recipients: &[Id], events: &[Arc<SharedEvent>]) {
+        let n = self.hub.deliver(recipients, events);
         self.deliveries.increment(n);
         for (node, users) in self.remote_recipients(recipients) {
             let wire = Wire::Deliver {
                 users,
-                event: event.event().clone(),
+                events: events.iter().map(|e| e.event().clone()).collect(),
             };
             self.send(self.inbox(&node), &wire, None);
         }
@@ -240,8 +240,12 @@ impl Cluster {
             Err(e) => return tracing::warn!("unreadable bus envelope: {e}"),
         };
         match wire {
-            Wire::Deliver { users, event } => {
-                let n = self.hub.deliver(&users, &SharedEvent::new(event));
+            Wire::Deliver { users, events } => {
+                let events: Vec<_> = events
+                    .into_iter()
+                    .map(|e| Arc::new(SharedEvent::new(e)))
+                    .collect();
+                let n = self.hub.deliver(&users, &events);
                 self.deliveries.increment(n);
             }
             Wire::Reply {
@@ -275,7 +279,7 @@ mod tests {
     fn envelopes_round_trip_in_messagepack() {
         let w = Wire::Deliver {
             users: vec!["u1".into()],
-            event: Event::Message(Message {
+            events: vec![Event::Message(Message {
                 conv: "c".into(),
                 seq: 7,
                 msg_id: "m".into(),
@@ -284,14 +288,16 @@ mod tests {
                 body: Body::Text("hi".into()),
                 thread: None,
                 origin: None,
-            }),
+            })],
         };
         let b = rmp_serde::to_vec_named(&w).unwrap();
-        let Wire::Deliver { users, event } = rmp_serde::from_slice(&b).unwrap() else {
+        let Wire::Deliver { users, events } = rmp_serde::from_slice(&b).unwrap() else {
             panic!()
         };
         assert_eq!(users, vec!["u1".to_string()]);
-        let Event::Message(m) = event else { panic!() };
+        let [Event::Message(m)] = &events[..] else {
+            panic!()
+        };
         assert_eq!(m.seq, 7);
     }
 }
