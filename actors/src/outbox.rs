@@ -370,9 +370,7 @@ mod dirty {
         let full = DIRTY.with(|d| {
             let mut d = d.borrow_mut();
             if !d.scheduled {
-                let Some(arbiter) = actix::Arbiter::try_current() else {
-                    return None;
-                };
+                let arbiter = actix::Arbiter::try_current()?;
                 // The flush is queued behind the tasks that are ready now, so everything they
                 // push joins the same writes.
                 if !arbiter.spawn(async { flush_all() }) {
