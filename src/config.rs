@@ -57,6 +57,10 @@ pub struct ServeConfig {
     /// Recent client message ids each conversation remembers [default: 10000].
     #[arg(long, env = "KAIWA_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
+    /// A chat or group idle this long, in milliseconds, leaves memory until its next request;
+    /// 0 keeps every conversation loaded [default: 900000, a quarter of an hour].
+    #[arg(long, env = "KAIWA_CONV_IDLE_MS")]
+    pub conv_idle_ms: Option<u64>,
     /// Messages per segment of the embedded store's journal; a full segment is folded into the
     /// logs in redb. Segments not yet folded are also held in memory [default: 50000].
     #[arg(long, env = "KAIWA_JOURNAL_MESSAGES")]
@@ -133,6 +137,7 @@ impl ServeConfig {
                 ping_interval_ms,
                 ping_timeout_ms,
                 idempotency_window,
+                conv_idle_ms,
                 journal_messages,
                 redis_url,
                 node_id,
@@ -155,6 +160,11 @@ impl ServeConfig {
                 .ping_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.ping_timeout),
+            conv_idle: match self.conv_idle_ms {
+                None => d.conv_idle,
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+            },
         };
         let host = self.host.unwrap_or_else(|| "127.0.0.1".into());
         let port = self.port.unwrap_or(8080);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Context, ContextFutureSpawner, Handler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, Context, ContextFutureSpawner, Handler, WrapFuture,
 };
 
 use crate::action_book::{self, Reaction};
@@ -13,6 +13,7 @@ use crate::engine::Engine;
 use crate::ids;
 use crate::protocol::{ConvOk, ConvType, Id, KResult, KaiwaError, Op, Role};
 use crate::reply::Waiter;
+use crate::retire::{self, Idle, Retiring};
 use crate::rules;
 use crate::store::{ConvRecord, Write};
 
@@ -21,6 +22,7 @@ pub struct ChatActor {
     engine: Arc<Engine>,
     id: Id,
     core: Option<ConvCore>,
+    idle: Idle,
 }
 
 impl ChatActor {
@@ -30,7 +32,34 @@ impl ChatActor {
             engine,
             id,
             core: None,
+            idle: Idle::default(),
         }
+    }
+
+    /// The chat's current activation, when this one has retired and must pass requests on.
+    fn successor(&mut self) -> Option<Addr<ChatActor>> {
+        self.idle.touch();
+        if self.idle.retired() {
+            self.engine.chat(&self.id)
+        } else {
+            None
+        }
+    }
+}
+
+impl Retiring for ChatActor {
+    const KIND: &'static str = "chat";
+
+    fn idle(&mut self) -> &mut Idle {
+        &mut self.idle
+    }
+
+    fn quiet(&self) -> bool {
+        self.core.as_ref().is_none_or(ConvCore::is_quiet)
+    }
+
+    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+        self.engine.retire_chat(&self.id, me)
     }
 }
 
@@ -38,6 +67,8 @@ impl Actor for ChatActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        retire::count(Self::KIND, 1.0);
+        retire::watch(self, ctx, self.engine.limits.conv_idle);
         ConvCore::load(self.engine.clone(), self.id.clone())
             .into_actor(self)
             .map(|res, act, ctx| match res {
@@ -50,6 +81,10 @@ impl Actor for ChatActor {
                 }
             })
             .wait(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        retire::count(Self::KIND, -1.0);
     }
 }
 
@@ -73,6 +108,9 @@ impl Handler<OpenChat> for ChatActor {
     type Result = ();
 
     fn handle(&mut self, m: OpenChat, ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(m);
+        }
         if let Some(core) = &self.core {
             match core.role(&m.caller) {
                 Some(_) => m.waiter.ok(&ConvOk {
@@ -143,6 +181,9 @@ impl Handler<ConvRequest> for ChatActor {
     type Result = ();
 
     fn handle(&mut self, r: ConvRequest, ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(r);
+        }
         let Some(core) = conversation::member_gate(self.core.as_ref(), &r.from, &r.waiter) else {
             return;
         };

@@ -101,6 +101,11 @@ impl ConvLog {
         l
     }
 
+    /// True when no message of this log awaits the store.
+    pub fn is_quiet(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// The seq of the newest message handed to the store.
     pub fn last_assigned(&self) -> u64 {
         self.next_seq - 1

@@ -89,6 +89,11 @@ impl Loaded {
 }
 
 impl ConvCore {
+    /// True when no message of any of its logs awaits the store.
+    pub fn is_quiet(&self) -> bool {
+        self.log.is_quiet() && self.threads.values().all(ConvLog::is_quiet)
+    }
+
     /// Reads a conversation from the store; `None` when it does not exist.
     pub async fn load(engine: Arc<Engine>, id: Id) -> StoreResult<Option<Loaded>> {
         let Some(record) = engine.store.conv(&id).await? else {

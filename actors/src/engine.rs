@@ -36,6 +36,9 @@ pub struct Limits {
     /// How often the server pings, and how long a silent client is kept.
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// A chat or group that handles nothing for this long leaves memory (see
+    /// [`crate::retire`]); `None` keeps every activation for the life of the node.
+    pub conv_idle: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             rate_burst: NonZeroU32::new(4_000).unwrap_or(NonZeroU32::MIN),
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(60),
+            conv_idle: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -295,6 +299,17 @@ impl Engine {
         } else {
             self.group(id).map(ConvAddr::Group)
         }
+    }
+
+    /// Takes a retiring chat actor out of the directory, unless another activation of the chat
+    /// has replaced it there; true when it did.
+    pub fn retire_chat(&self, id: &str, addr: &Addr<ChatActor>) -> bool {
+        self.dir.chats.remove_if(id, |_, a| a == addr).is_some()
+    }
+
+    /// Takes a retiring group actor out of the directory (see [`Engine::retire_chat`]).
+    pub fn retire_group(&self, id: &str, addr: &Addr<GroupActor>) -> bool {
+        self.dir.groups.remove_if(id, |_, a| a == addr).is_some()
     }
 
     /// Forgets a group activation that is ending (a failed create or a missing group), so the

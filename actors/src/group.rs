@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, ContextFutureSpawner, Handler,
-    ResponseActFuture, ResponseFuture, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, ContextFutureSpawner,
+    Handler, ResponseActFuture, ResponseFuture, WrapFuture,
 };
 use futures_util::future::join_all;
 
@@ -26,6 +26,7 @@ use crate::protocol::{
     Origin, Role, SendMsg, SyncReq,
 };
 use crate::reply::Waiter;
+use crate::retire::{self, Idle, Retiring};
 use crate::rules;
 use crate::store::{ConvRecord, StoredMessage, Write};
 
@@ -57,6 +58,7 @@ pub struct GroupActor {
     id: Id,
     core: Option<ConvCore>,
     init: Option<Init>,
+    idle: Idle,
 }
 
 /// Store key of an action this group still has to copy to its children.
@@ -76,6 +78,7 @@ impl GroupActor {
             id,
             core: None,
             init: Some(Init::Load),
+            idle: Idle::default(),
         }
     }
 
@@ -86,7 +89,34 @@ impl GroupActor {
             id,
             core: None,
             init: Some(Init::Create(spec, done)),
+            idle: Idle::default(),
         }
+    }
+
+    /// The group's current activation, when this one has retired and must pass messages on.
+    fn successor(&mut self) -> Option<Addr<GroupActor>> {
+        self.idle.touch();
+        if self.idle.retired() {
+            self.engine.group(&self.id)
+        } else {
+            None
+        }
+    }
+}
+
+impl Retiring for GroupActor {
+    const KIND: &'static str = "group";
+
+    fn idle(&mut self) -> &mut Idle {
+        &mut self.idle
+    }
+
+    fn quiet(&self) -> bool {
+        self.core.as_ref().is_none_or(ConvCore::is_quiet)
+    }
+
+    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+        self.engine.retire_group(&self.id, me)
     }
 }
 
@@ -161,6 +191,8 @@ impl Actor for GroupActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        retire::count(Self::KIND, 1.0);
+        retire::watch(self, ctx, self.engine.limits.conv_idle);
         match self.init.take() {
             Some(Init::Create(spec, done)) => {
                 check_new(self.engine.clone(), self.id.clone(), spec)
@@ -204,6 +236,10 @@ impl Actor for GroupActor {
                     .wait(ctx);
             }
         }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        retire::count(Self::KIND, -1.0);
     }
 }
 
@@ -644,6 +680,9 @@ impl Handler<ConvRequest> for GroupActor {
     type Result = ();
 
     fn handle(&mut self, r: ConvRequest, ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(r);
+        }
         let Some(core) = conversation::member_gate(self.core.as_ref(), &r.from, &r.waiter) else {
             return;
         };
@@ -712,6 +751,10 @@ impl Handler<LinkChild> for GroupActor {
     type Result = ResponseActFuture<Self, KResult<()>>;
 
     fn handle(&mut self, m: LinkChild, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(next) = self.successor() {
+            let answer = next.send(m);
+            return Box::pin(async move { answer.await.map_err(internal)? }.into_actor(self));
+        }
         let check = match &self.core {
             None => Err(KaiwaError::not_found("no such parent group")),
             Some(core) if core.record.kind != ConvType::Hierarchical => Err(KaiwaError::forbidden(
@@ -759,6 +802,9 @@ impl Handler<SetParent> for GroupActor {
     type Result = ();
 
     fn handle(&mut self, m: SetParent, _ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(m);
+        }
         if let Some(core) = self.core.as_mut() {
             core.record.parent = m.0;
         }
@@ -778,6 +824,10 @@ impl Handler<Cascade> for GroupActor {
     type Result = ResponseFuture<KResult<()>>;
 
     fn handle(&mut self, m: Cascade, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(next) = self.successor() {
+            let answer = next.send(m);
+            return Box::pin(async move { answer.await.map_err(internal)? });
+        }
         let Some(core) = &self.core else {
             return Box::pin(async { Err(KaiwaError::not_found("no such group")) });
         };
@@ -803,6 +853,9 @@ impl Handler<SubtreeReaction> for GroupActor {
     type Result = ();
 
     fn handle(&mut self, r: SubtreeReaction, ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(r);
+        }
         action_book::from_child(self, ctx, r);
     }
 }

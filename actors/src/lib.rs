@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod provision;
 pub mod reply;
+pub mod retire;
 pub mod rules;
 pub mod session;
 pub mod store;

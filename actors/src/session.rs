@@ -3,7 +3,6 @@
 //! rule: the conversation, the chat being opened, or the user itself. Replies and events do not
 //! pass through it: they go straight into the connection's outbox.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,9 +25,6 @@ use crate::protocol::{Empty, ErrorCode, Format, Id, KaiwaError, Op, Request};
 use crate::reply::Waiter;
 use crate::user::Convs;
 
-/// Sessions cache this many conversation addresses before starting the cache afresh.
-const CONV_CACHE: usize = 1024;
-
 /// What the transport hands the session: decoded WebSocket messages.
 #[derive(Debug)]
 pub enum Inbound {
@@ -49,7 +45,6 @@ pub struct Session {
     conn: Arc<Conn>,
     last_seen: Instant,
     limiter: DefaultDirectRateLimiter,
-    convs: HashMap<String, ConvAddr>,
     frames_in: metrics::Counter,
 }
 
@@ -63,7 +58,6 @@ impl Session {
             conn,
             last_seen: Instant::now(),
             limiter: RateLimiter::direct(quota),
-            convs: HashMap::new(),
             frames_in: metrics::counter!("kaiwa_frames_in_total"),
         }
     }
@@ -108,23 +102,11 @@ impl Session {
         self.dispatch(req, waiter);
     }
 
+    /// The conversation's current activation, looked up for each request and not kept: an
+    /// idle conversation may retire (see [`crate::retire`]), and in a cluster activations move
+    /// between nodes, so an address kept across requests could outlive either.
     fn conv_addr(&mut self, id: &str) -> Option<ConvAddr> {
-        if self.engine.cluster().is_some() {
-            // Activations move between nodes: always ask the directory, which forgets the
-            // ones this node gave up, so a cached address can never outlive its ownership.
-            return self.engine.conv(id);
-        }
-        if let Some(a) = self.convs.get(id) {
-            if a.connected() {
-                return Some(a.clone());
-            }
-        }
-        let a = self.engine.conv(id)?;
-        if self.convs.len() >= CONV_CACHE {
-            self.convs.clear();
-        }
-        self.convs.insert(id.to_string(), a.clone());
-        Some(a)
+        self.engine.conv(id)
     }
 
     fn dispatch(&mut self, req: Request, waiter: Waiter) {

@@ -1,0 +1,200 @@
+//! Retirement of idle conversation actors. A chat or group actor keeps its members, its
+//! idempotency window (up to 10,000 client ids) and its reactions in memory. One that has
+//! handled nothing for [`Limits::conv_idle`](crate::engine::Limits::conv_idle) leaves the
+//! engine's directory, and its memory goes with the actor once nobody holds its address: the
+//! next request activates the conversation afresh from the store, which rebuilds all of it (the
+//! window from the log's tail). Without this, a node would keep every conversation it ever
+//! touched until it restarts.
+//!
+//! A retired actor never handles a request again: one that still reaches it (its address was
+//! taken just before the retirement) is passed on to the new activation, so nothing is dropped
+//! and each log keeps a single writer. Addresses are only ever held for one request (sessions
+//! look a conversation up each time), so a retired actor ends as soon as the last of those has
+//! been passed on.
+
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, AsyncContext, Context, SpawnHandle};
+
+/// Shortest interval between idle checks.
+const MIN_CHECK: Duration = Duration::from_millis(50);
+
+/// An actor's activity record.
+pub struct Idle {
+    last: Instant,
+    check: Option<SpawnHandle>,
+    retired: bool,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Idle {
+            last: Instant::now(),
+            check: None,
+            retired: false,
+        }
+    }
+}
+
+impl Idle {
+    /// Notes activity; every handler calls it.
+    pub fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// True once the actor has left the directory: it passes everything on.
+    pub fn retired(&self) -> bool {
+        self.retired
+    }
+}
+
+/// A conversation actor that can retire.
+pub trait Retiring: Actor<Context = Context<Self>> {
+    /// Label of the retirement metric.
+    const KIND: &'static str;
+    /// The actor's activity record.
+    fn idle(&mut self) -> &mut Idle;
+    /// True when no write of this actor awaits the store.
+    fn quiet(&self) -> bool;
+    /// Takes the actor out of the engine's directory, unless another activation has taken its
+    /// place there already; true when it did.
+    fn leave_directory(&self, me: &Addr<Self>) -> bool;
+}
+
+/// Starts the idle checks of a freshly started actor: after `after` without activity, with
+/// nothing in flight, it retires. `None` keeps the actor for the life of the node.
+pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Duration>) {
+    let Some(after) = after else { return };
+    let every = (after / 4).max(MIN_CHECK);
+    let handle = ctx.run_interval(every, move |act, ctx| {
+        let due = act.idle().last.elapsed() >= after;
+        if due && act.quiet() && !ctx.waiting() && act.leave_directory(&ctx.address()) {
+            let idle = act.idle();
+            idle.retired = true;
+            // The checks were the last thing besides addresses that kept the actor running.
+            if let Some(h) = idle.check.take() {
+                ctx.cancel_future(h);
+            }
+            metrics::counter!("kaiwa_retirements_total", "kind" => A::KIND).increment(1);
+        }
+    });
+    act.idle().check = Some(handle);
+}
+
+/// Counts a running conversation actor, for `kaiwa_conversations_running`; called from
+/// `started` and `stopped`.
+pub fn count(kind: &'static str, delta: f64) {
+    metrics::gauge!("kaiwa_conversations_running", "kind" => kind).increment(delta);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bus::local::LocalBus;
+    use crate::chat::OpenChat;
+    use crate::conversation::ConvRequest;
+    use crate::engine::{Engine, Limits};
+    use crate::hub::{Conn, Hub};
+    use crate::protocol::{Body, Format, Op, SendMsg};
+    use crate::reply::Waiter;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Store, UserRecord, UserState, Write};
+
+    /// The replies queued for a connection without a socket, as JSON values.
+    fn replies(conn: &Conn) -> Vec<serde_json::Value> {
+        conn.outbox
+            .queued()
+            .iter()
+            .filter_map(|f| {
+                let start = f.iter().position(|b| *b == b'{')?;
+                serde_json::from_slice(&f[start..]).ok()
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until the connection has `n` replies.
+    async fn replies_n(conn: &Conn, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..200 {
+            let r = replies(conn);
+            if r.len() >= n {
+                return r;
+            }
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "{} of {n} replies: {:?}",
+            replies(conn).len(),
+            replies(conn)
+        );
+    }
+
+    #[test]
+    fn a_request_that_reaches_a_retired_actor_goes_to_its_successor() {
+        actix::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let hub = Arc::new(Hub::new());
+            let bus = Arc::new(LocalBus::new(hub.clone()));
+            let limits = Limits {
+                conv_idle: Some(Duration::from_millis(20)),
+                ..Limits::default()
+            };
+            let engine = Engine::new(store.clone(), bus, hub, limits, actix::Arbiter::current());
+            let user = |id: &str| {
+                Write::PutUser(UserRecord {
+                    id: id.into(),
+                    name: id.into(),
+                    email: None,
+                    phone: None,
+                    org: None,
+                    title: None,
+                    state: UserState::Active,
+                })
+            };
+            store
+                .write(vec![user("u_ann"), user("u_bob")])
+                .await
+                .unwrap();
+            let conn = Arc::new(Conn::new(1, "u_ann".into(), 64, Some(Format::Json), None));
+            let waiter = |re| Waiter::local(conn.clone(), re, Format::Json);
+            let id = crate::ids::chat("u_ann", "u_bob", None);
+            engine.chat(&id).unwrap().do_send(OpenChat {
+                caller: "u_ann".into(),
+                other: "u_bob".into(),
+                org: None,
+                waiter: waiter(1),
+            });
+            replies_n(&conn, 1).await;
+            let send = |re: u64, cmid: &str| ConvRequest {
+                from: "u_ann".into(),
+                op: Op::Send(SendMsg {
+                    conv: id.clone(),
+                    client_msg_id: cmid.into(),
+                    body: Body::Text("hi".into()),
+                    to: None,
+                }),
+                waiter: waiter(re),
+            };
+            // An address taken before the retirement and used after it.
+            let old = engine.chat(&id).unwrap();
+            actix::clock::sleep(Duration::from_millis(200)).await;
+            assert!(
+                old.connected(),
+                "held addresses keep a retired actor running"
+            );
+            // The directory starts a new activation, which writes seq 1.
+            engine.chat(&id).unwrap().do_send(send(2, "a"));
+            assert_eq!(replies_n(&conn, 2).await[1]["ok"]["seq"], 1);
+            // The retired actor passes its request on: seq 2 from the same writer, not a
+            // second writer that still believes the log ends at 0.
+            old.do_send(send(3, "b"));
+            let r = replies_n(&conn, 3).await;
+            assert_eq!(r[2]["re"], 3);
+            assert_eq!(r[2]["ok"]["seq"], 2, "{:?}", r[2]);
+            // Once the last address is dropped, the retired actor ends.
+            drop(old);
+        });
+    }
+}

@@ -1,0 +1,141 @@
+//! Idle conversations leave memory and come back whole: a chat or group that has handled
+//! nothing for `--conv-idle-ms` retires, and its next request loads it again from the store, with
+//! its seq, its idempotency window, its members and its children.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kaiwa_loadtest::WireFormat;
+use serde_json::json;
+
+/// Idle time of the nodes under test, in milliseconds.
+const IDLE_MS: &str = "150";
+
+/// The value of a metric with exactly these labels (e.g. `kind="chat"`), 0 when absent.
+async fn metric(node: &Node, name: &str, labels: &str) -> f64 {
+    let text = node.admin().metrics_text().await.unwrap();
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until no conversation actor of `kind` is running and at least `retired` have retired.
+async fn wait_retired(node: &Node, kind: &str, retired: f64) {
+    let labels = format!("kind=\"{kind}\"");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let running = metric(node, "kaiwa_conversations_running", &labels).await;
+        let gone = metric(node, "kaiwa_retirements_total", &labels).await;
+        if running == 0.0 && gone >= retired {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind}: {running} still running, {gone} retired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_chat_leaves_memory_and_comes_back_whole() {
+    let node = Node::start_with(&["--conv-idle-ms", IDLE_MS]).await;
+    let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
+    let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    for (i, cmid) in ["m1", "m2", "m3"].iter().enumerate() {
+        assert_eq!(send(&ca, &conv, cmid, "before").await, i as u64 + 1);
+    }
+    messages(&cb, 3).await;
+    wait_retired(&node, "chat", 1.0).await;
+
+    // A retry of an acked message gets its first ack: the window came back from the store.
+    assert_eq!(send(&ca, &conv, "m2", "retried").await, 2);
+    // New messages continue the log and reach the other member live.
+    assert_eq!(send(&ca, &conv, "m4", "after").await, 4);
+    let live = messages(&cb, 1).await;
+    assert_eq!(live[0]["seq"], 4);
+    let all = sync_all(&cb, &conv, 0).await;
+    let texts: Vec<_> = all.iter().map(|m| m["body"]["text"].clone()).collect();
+    assert_eq!(texts, ["before", "before", "before", "after"]);
+    // Membership came back too: an outsider is still kept out.
+    let (_c, cc) = node.user("Cy", None, WireFormat::Json).await;
+    err(&cc, "sync", json!({"conv": conv, "after": 0}), "forbidden").await;
+}
+
+#[tokio::test]
+async fn requests_around_the_moment_of_retirement_are_all_answered_in_order() {
+    // Pauses just under, at and just over the idle time: some sends reach an actor that is
+    // retiring, or one that has retired but is still addressed, and must be passed on.
+    let node = Node::start_with(&["--conv-idle-ms", "40"]).await;
+    let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
+    let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    let pauses = [0u64, 30, 40, 45, 50, 60, 35, 55, 70, 42];
+    let mut seq = 0;
+    for round in 0..3 {
+        for (i, pause) in pauses.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(*pause)).await;
+            seq += 1;
+            let cmid = format!("r{round}-{i}");
+            assert_eq!(send(&ca, &conv, &cmid, &cmid).await, seq);
+        }
+    }
+    let live = messages(&cb, seq as usize).await;
+    let seqs: Vec<u64> = live.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seq).collect::<Vec<_>>());
+    assert!(metric(&node, "kaiwa_retirements_total", "kind=\"chat\"").await >= 1.0);
+}
+
+#[tokio::test]
+async fn retired_groups_keep_their_members_and_their_links() {
+    let node = Node::start_with(&["--conv-idle-ms", IDLE_MS]).await;
+    let (_o, owner) = node.user("Olga", None, WireFormat::Json).await;
+    let (m, cm) = node.user("Mia", None, WireFormat::Json).await;
+    let root = open_conv(
+        &owner,
+        "group.create",
+        json!({"name": "root", "kind": "hierarchical"}),
+    )
+    .await;
+    let child = open_conv(
+        &owner,
+        "group.create",
+        json!({"name": "child", "kind": "hierarchical", "parent": root}),
+    )
+    .await;
+    ok(&owner, "group.add", json!({"conv": child, "user": m})).await;
+    wait_retired(&node, "group", 2.0).await;
+
+    assert_eq!(
+        ok(&owner, "group.children", json!({"conv": root})).await["children"],
+        json!([child])
+    );
+    wait_retired(&node, "group", 3.0).await;
+    // An announcement at the root reaches the child's member through a fresh activation of
+    // each group.
+    let ann = json!({"announcement": {"text": "all hands", "likes": true, "comments": true}});
+    ok(
+        &owner,
+        "send",
+        json!({"conv": root, "client_msg_id": "a1", "body": ann}),
+    )
+    .await;
+    let ev = cm
+        .next_event("message", WAIT)
+        .await
+        .expect("the copy arrives");
+    assert_eq!(ev["conv"], child.as_str());
+    assert_eq!(ev["body"]["announcement"]["text"], "all hands");
+    // Text is still off where a group has children.
+    err(
+        &owner,
+        "send",
+        json!({"conv": root, "client_msg_id": "t1", "body": {"text": "hi"}}),
+        "forbidden",
+    )
+    .await;
+}
