@@ -22,13 +22,22 @@ async fn metric(node: &Node, name: &str, labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Waits until no conversation actor of `kind` is running and at least `retired` have retired.
+/// Waits until no conversation actor of `kind` runs on `node` and at least `retired` have
+/// retired there.
 async fn wait_retired(node: &Node, kind: &str, retired: f64) {
+    wait_retired_on(std::slice::from_ref(node), kind, retired).await
+}
+
+/// [`wait_retired`] over several nodes: none runs one, and `retired` is their sum.
+async fn wait_retired_on(nodes: &[Node], kind: &str, retired: f64) {
     let labels = format!("kind=\"{kind}\"");
     let deadline = Instant::now() + WAIT;
     loop {
-        let running = metric(node, "kaiwa_conversations_running", &labels).await;
-        let gone = metric(node, "kaiwa_retirements_total", &labels).await;
+        let (mut running, mut gone) = (0.0, 0.0);
+        for node in nodes {
+            running += metric(node, "kaiwa_conversations_running", &labels).await;
+            gone += metric(node, "kaiwa_retirements_total", &labels).await;
+        }
         if running == 0.0 && gone >= retired {
             return;
         }
@@ -138,4 +147,44 @@ async fn retired_groups_keep_their_members_and_their_links() {
         "forbidden",
     )
     .await;
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_retired_chat_comes_back_on_its_owner() {
+    let redis = Redis::start();
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2"] {
+        let flags = [
+            "--redis-url",
+            &redis.url(),
+            "--node-id",
+            id,
+            "--conv-idle-ms",
+            IDLE_MS,
+        ];
+        nodes.push(Node::start_with(&flags).await);
+    }
+    for node in &nodes {
+        wait_for_nodes(node, 2).await;
+    }
+    let (a, ca) = nodes[0].user("Ann", None, WireFormat::Json).await;
+    let b = nodes[0].admin().create_user("Bob", None).await.unwrap();
+    let cb = nodes[1].connect(&b, WireFormat::MsgPack).await;
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    assert_eq!(open_conv(&cb, "chat.open", json!({"user": a})).await, conv);
+    assert_eq!(send(&ca, &conv, "a1", "from Ann").await, 1);
+    assert_eq!(send(&cb, &conv, "b1", "from Bob").await, 2);
+    messages(&cb, 1).await;
+    wait_retired_on(&nodes, "chat", 1.0).await;
+
+    // Both sides go on from where the log ended, whichever node each is on; a retry is still
+    // recognised.
+    assert_eq!(send(&cb, &conv, "b1", "retried").await, 2);
+    assert_eq!(send(&cb, &conv, "b2", "again").await, 3);
+    assert_eq!(send(&ca, &conv, "a2", "again").await, 4);
+    // Ann sees every message once, her own included, the retry not again.
+    let live = messages(&ca, 4).await;
+    let seqs: Vec<_> = live.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    quiet(&ca).await;
 }
