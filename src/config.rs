@@ -59,8 +59,8 @@ pub struct ServeConfig {
     pub idempotency_window: Option<usize>,
     /// A chat or group idle this long, in milliseconds, leaves memory until its next request;
     /// 0 keeps every conversation loaded [default: 900000, a quarter of an hour].
-    #[arg(long, env = "KAIWA_CONV_IDLE_MS")]
-    pub conv_idle_ms: Option<u64>,
+    #[arg(long, env = "KAIWA_ACTOR_IDLE_MS")]
+    pub actor_idle_ms: Option<u64>,
     /// Messages per segment of the embedded store's journal; a full segment is folded into the
     /// logs in redb. Segments not yet folded are also held in memory [default: 50000].
     #[arg(long, env = "KAIWA_JOURNAL_MESSAGES")]
@@ -137,7 +137,7 @@ impl ServeConfig {
                 ping_interval_ms,
                 ping_timeout_ms,
                 idempotency_window,
-                conv_idle_ms,
+                actor_idle_ms,
                 journal_messages,
                 redis_url,
                 node_id,
@@ -160,8 +160,8 @@ impl ServeConfig {
                 .ping_timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(d.ping_timeout),
-            conv_idle: match self.conv_idle_ms {
-                None => d.conv_idle,
+            actor_idle: match self.actor_idle_ms {
+                None => d.actor_idle,
                 Some(0) => None,
                 Some(ms) => Some(Duration::from_millis(ms)),
             },

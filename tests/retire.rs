@@ -1,13 +1,14 @@
-//! Idle conversations leave memory and come back whole: a chat or group that has handled
-//! nothing for `--conv-idle-ms` retires, and its next request loads it again from the store, with
-//! its seq, its idempotency window, its members and its children.
+//! Idle entities leave memory and come back whole: a user, chat or group that has handled nothing
+//! for `--actor-idle-ms` retires, and its next request loads it again from the store: a user
+//! with their state, a conversation with its seq, its idempotency window, its members and its
+//! children.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use kaiwa_loadtest::WireFormat;
+use kaiwa_loadtest::{Client, Incoming, WireFormat};
 use serde_json::json;
 
 /// Idle time of the nodes under test, in milliseconds.
@@ -35,7 +36,7 @@ async fn wait_retired_on(nodes: &[Node], kind: &str, retired: f64) {
     loop {
         let (mut running, mut gone) = (0.0, 0.0);
         for node in nodes {
-            running += metric(node, "kaiwa_conversations_running", &labels).await;
+            running += metric(node, "kaiwa_actors_running", &labels).await;
             gone += metric(node, "kaiwa_retirements_total", &labels).await;
         }
         if running == 0.0 && gone >= retired {
@@ -51,7 +52,7 @@ async fn wait_retired_on(nodes: &[Node], kind: &str, retired: f64) {
 
 #[tokio::test]
 async fn an_idle_chat_leaves_memory_and_comes_back_whole() {
-    let node = Node::start_with(&["--conv-idle-ms", IDLE_MS]).await;
+    let node = Node::start_with(&["--actor-idle-ms", IDLE_MS]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
@@ -79,7 +80,7 @@ async fn an_idle_chat_leaves_memory_and_comes_back_whole() {
 async fn requests_around_the_moment_of_retirement_are_all_answered_in_order() {
     // Pauses just under, at and just over the idle time: some sends reach an actor that is
     // retiring, or one that has retired but is still addressed, and must be passed on.
-    let node = Node::start_with(&["--conv-idle-ms", "40"]).await;
+    let node = Node::start_with(&["--actor-idle-ms", "40"]).await;
     let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
     let (b, cb) = node.user("Bob", None, WireFormat::Json).await;
     let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
@@ -101,7 +102,7 @@ async fn requests_around_the_moment_of_retirement_are_all_answered_in_order() {
 
 #[tokio::test]
 async fn retired_groups_keep_their_members_and_their_links() {
-    let node = Node::start_with(&["--conv-idle-ms", IDLE_MS]).await;
+    let node = Node::start_with(&["--actor-idle-ms", IDLE_MS]).await;
     let (_o, owner) = node.user("Olga", None, WireFormat::Json).await;
     let (m, cm) = node.user("Mia", None, WireFormat::Json).await;
     let root = open_conv(
@@ -159,7 +160,7 @@ async fn in_a_cluster_a_retired_chat_comes_back_on_its_owner() {
             &redis.url(),
             "--node-id",
             id,
-            "--conv-idle-ms",
+            "--actor-idle-ms",
             IDLE_MS,
         ];
         nodes.push(Node::start_with(&flags).await);
@@ -187,4 +188,30 @@ async fn in_a_cluster_a_retired_chat_comes_back_on_its_owner() {
     let seqs: Vec<_> = live.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
     quiet(&ca).await;
+}
+
+#[tokio::test]
+async fn a_retired_user_comes_back_with_their_state() {
+    let node = Node::start_with(&["--actor-idle-ms", IDLE_MS]).await;
+    let admin = node.admin();
+    let (u, c) = node.user("Ann", None, WireFormat::Json).await;
+    wait_retired(&node, "user", 1.0).await;
+    // The connection does not need the user's actor; a request that does loads it again.
+    assert_eq!(ok(&c, "convs", json!({})).await["convs"], json!([]));
+    wait_retired(&node, "user", 2.0).await;
+    let token = admin.token(&u).await.unwrap();
+    // A state change reaches the fresh activation and closes the live session.
+    admin.set_user_state(&u, "suspended").await.unwrap();
+    loop {
+        match c.next(WAIT).await {
+            Some(Incoming::Closed(Some((code, _)))) => break assert_eq!(code, 4003),
+            Some(_) => {}
+            None => panic!("the suspended user's session was not closed"),
+        }
+    }
+    wait_retired(&node, "user", 3.0).await;
+    // The next activation reads the state back from the store: no way in.
+    let url = format!("{}/ws?token={token}", node.ws());
+    let refused = Client::connect_url(&url, WireFormat::Json).await;
+    assert_eq!(refused.err().and_then(|e| e.status()), Some(403));
 }

@@ -68,7 +68,7 @@ impl Actor for ChatActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         retire::count(Self::KIND, 1.0);
-        retire::watch(self, ctx, self.engine.limits.conv_idle);
+        retire::watch(self, ctx, self.engine.limits.actor_idle);
         ConvCore::load(self.engine.clone(), self.id.clone())
             .into_actor(self)
             .map(|res, act, ctx| match res {

@@ -38,7 +38,7 @@ pub struct Limits {
     pub ping_timeout: Duration,
     /// A chat or group that handles nothing for this long leaves memory (see
     /// [`crate::retire`]); `None` keeps every activation for the life of the node.
-    pub conv_idle: Option<Duration>,
+    pub actor_idle: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -51,7 +51,7 @@ impl Default for Limits {
             rate_burst: NonZeroU32::new(4_000).unwrap_or(NonZeroU32::MIN),
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(60),
-            conv_idle: Some(Duration::from_secs(15 * 60)),
+            actor_idle: Some(Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -299,6 +299,12 @@ impl Engine {
         } else {
             self.group(id).map(ConvAddr::Group)
         }
+    }
+
+    /// Takes a retiring user actor out of the directory, unless another activation of the user
+    /// has replaced it there; true when it did.
+    pub fn retire_user(&self, id: &str, addr: &Addr<UserActor>) -> bool {
+        self.dir.users.remove_if(id, |_, a| a == addr).is_some()
     }
 
     /// Takes a retiring chat actor out of the directory, unless another activation of the chat

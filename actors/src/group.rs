@@ -192,7 +192,7 @@ impl Actor for GroupActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         retire::count(Self::KIND, 1.0);
-        retire::watch(self, ctx, self.engine.limits.conv_idle);
+        retire::watch(self, ctx, self.engine.limits.actor_idle);
         match self.init.take() {
             Some(Init::Create(spec, done)) => {
                 check_new(self.engine.clone(), self.id.clone(), spec)

@@ -1,16 +1,17 @@
-//! Retirement of idle conversation actors. A chat or group actor keeps its members, its
-//! idempotency window (up to 10,000 client ids) and its reactions in memory. One that has
-//! handled nothing for [`Limits::conv_idle`](crate::engine::Limits::conv_idle) leaves the
-//! engine's directory, and its memory goes with the actor once nobody holds its address: the
-//! next request activates the conversation afresh from the store, which rebuilds all of it (the
-//! window from the log's tail). Without this, a node would keep every conversation it ever
-//! touched until it restarts.
+//! Retirement of idle entity actors. A chat or group actor keeps its members, its idempotency
+//! window (up to 10,000 client ids) and its reactions in memory; a user actor keeps the user's
+//! record. One that has handled nothing for
+//! [`Limits::actor_idle`](crate::engine::Limits::actor_idle) leaves the engine's directory, and
+//! its memory goes with the actor once nobody holds its address: the next request activates the
+//! entity afresh from the store, which rebuilds all of it (a log's window from its tail).
+//! Without this, a node would keep every user and conversation it ever touched until it
+//! restarts. (Orgs are few and stay.)
 //!
 //! A retired actor never handles a request again: one that still reaches it (its address was
 //! taken just before the retirement) is passed on to the new activation, so nothing is dropped
 //! and each log keeps a single writer. Addresses are only ever held for one request (sessions
-//! look a conversation up each time), so a retired actor ends as soon as the last of those has
-//! been passed on.
+//! look an entity up each time), so a retired actor ends as soon as the last of those has been
+//! passed on.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ impl Idle {
     }
 }
 
-/// A conversation actor that can retire.
+/// An entity actor that can retire.
 pub trait Retiring: Actor<Context = Context<Self>> {
     /// Label of the retirement metric.
     const KIND: &'static str;
@@ -81,10 +82,10 @@ pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Durat
     act.idle().check = Some(handle);
 }
 
-/// Counts a running conversation actor, for `kaiwa_conversations_running`; called from
-/// `started` and `stopped`.
+/// Counts a running entity actor, for `kaiwa_actors_running`; called from `started` and
+/// `stopped`.
 pub fn count(kind: &'static str, delta: f64) {
-    metrics::gauge!("kaiwa_conversations_running", "kind" => kind).increment(delta);
+    metrics::gauge!("kaiwa_actors_running", "kind" => kind).increment(delta);
 }
 
 #[cfg(test)]
@@ -138,7 +139,7 @@ mod tests {
             let hub = Arc::new(Hub::new());
             let bus = Arc::new(LocalBus::new(hub.clone()));
             let limits = Limits {
-                conv_idle: Some(Duration::from_millis(20)),
+                actor_idle: Some(Duration::from_millis(20)),
                 ..Limits::default()
             };
             let engine = Engine::new(store.clone(), bus, hub, limits, actix::Arbiter::current());

@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorFutureExt, Context, ContextFutureSpawner, Handler, MessageResult, WrapFuture,
+    Actor, ActorFutureExt, Addr, Context, ContextFutureSpawner, Handler, ResponseFuture, WrapFuture,
 };
 
 use crate::engine::Engine;
 use crate::outbox::CLOSE_USER_DISABLED;
 use crate::protocol::{ConvSummary, ConvType, ConvsOk, Id, KResult, KaiwaError};
 use crate::reply::Waiter;
+use crate::retire::{self, Idle, Retiring};
 use crate::rules;
 use crate::store::{StoreResult, UserRecord, UserState, Write};
 
@@ -19,6 +20,7 @@ pub struct UserActor {
     engine: Arc<Engine>,
     id: Id,
     record: Option<UserRecord>,
+    idle: Idle,
 }
 
 impl UserActor {
@@ -28,14 +30,55 @@ impl UserActor {
             engine,
             id,
             record: None,
+            idle: Idle::default(),
         }
     }
+
+    /// The user's current activation, when this one has retired and must pass messages on.
+    fn successor(&mut self) -> Option<Addr<UserActor>> {
+        self.idle.touch();
+        if self.idle.retired() {
+            self.engine.user(&self.id)
+        } else {
+            None
+        }
+    }
+}
+
+impl Retiring for UserActor {
+    const KIND: &'static str = "user";
+
+    fn idle(&mut self) -> &mut Idle {
+        &mut self.idle
+    }
+
+    /// A user actor's only write (a state change) answers before the actor is idle again.
+    fn quiet(&self) -> bool {
+        true
+    }
+
+    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+        self.engine.retire_user(&self.id, me)
+    }
+}
+
+/// Forwards `m` to `next` and answers with its answer; `gone` when the successor is.
+fn pass_on<M>(next: Addr<UserActor>, m: M, gone: M::Result) -> ResponseFuture<M::Result>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    UserActor: Handler<M>,
+{
+    let answer = next.send(m);
+    Box::pin(async move { answer.await.unwrap_or(gone) })
 }
 
 impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        retire::count(Self::KIND, 1.0);
+        retire::watch(self, ctx, self.engine.limits.actor_idle);
         let store = self.engine.store.clone();
         let id = self.id.clone();
         async move { store.user(&id).await }
@@ -46,6 +89,10 @@ impl Actor for UserActor {
             })
             .wait(ctx);
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        retire::count(Self::KIND, -1.0);
+    }
 }
 
 /// A connection asks to attach: answered with the user's record, or why it may not connect.
@@ -54,17 +101,25 @@ impl Actor for UserActor {
 pub struct Attach;
 
 impl Handler<Attach> for UserActor {
-    type Result = MessageResult<Attach>;
+    type Result = ResponseFuture<KResult<UserRecord>>;
 
-    fn handle(&mut self, _: Attach, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(match &self.record {
+    fn handle(&mut self, m: Attach, _: &mut Context<Self>) -> Self::Result {
+        if let Some(next) = self.successor() {
+            return pass_on(next, m, Err(unavailable()));
+        }
+        let answer = match &self.record {
             None => Err(KaiwaError::new(
                 crate::protocol::ErrorCode::Unauthorized,
                 "no such user",
             )),
             Some(r) => rules::user_state::can_connect(r.state).map(|_| r.clone()),
-        })
+        };
+        Box::pin(async move { answer })
     }
+}
+
+fn unavailable() -> KaiwaError {
+    KaiwaError::internal("user actor unavailable")
 }
 
 /// Whether user `id` may open a connection (before the WebSocket upgrade): `unauthorized`
@@ -83,7 +138,7 @@ pub async fn admit(engine: &Arc<Engine>, id: &str) -> KResult<()> {
     let user = engine.user(id).ok_or_else(no_user)?;
     user.send(Attach)
         .await
-        .map_err(|_| KaiwaError::internal("user actor unavailable"))?
+        .map_err(|_| unavailable())?
         .map(|_| ())
 }
 
@@ -93,10 +148,14 @@ pub async fn admit(engine: &Arc<Engine>, id: &str) -> KResult<()> {
 pub struct GetUser;
 
 impl Handler<GetUser> for UserActor {
-    type Result = MessageResult<GetUser>;
+    type Result = ResponseFuture<Option<UserRecord>>;
 
-    fn handle(&mut self, _: GetUser, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.record.clone())
+    fn handle(&mut self, m: GetUser, _: &mut Context<Self>) -> Self::Result {
+        if let Some(next) = self.successor() {
+            return pass_on(next, m, None);
+        }
+        let record = self.record.clone();
+        Box::pin(async move { record })
     }
 }
 
@@ -109,6 +168,12 @@ impl Handler<SetState> for UserActor {
     type Result = actix::ResponseActFuture<Self, KResult<UserRecord>>;
 
     fn handle(&mut self, m: SetState, _: &mut Context<Self>) -> Self::Result {
+        if let Some(next) = self.successor() {
+            let answer = next.send(m);
+            return Box::pin(
+                async move { answer.await.unwrap_or_else(|_| Err(unavailable())) }.into_actor(self),
+            );
+        }
         let Some(mut rec) = self.record.clone() else {
             return Box::pin(actix::fut::ready(Err(KaiwaError::not_found(
                 "no such user",
@@ -173,6 +238,9 @@ impl Handler<Convs> for UserActor {
     type Result = ();
 
     fn handle(&mut self, m: Convs, ctx: &mut Context<Self>) {
+        if let Some(next) = self.successor() {
+            return next.do_send(m);
+        }
         list_convs(self.engine.clone(), self.id.clone())
             .into_actor(self)
             .map(move |res, _act, _ctx| match res {
