@@ -58,7 +58,7 @@ impl Retiring for ChatActor {
         self.core.as_ref().is_none_or(ConvCore::is_quiet)
     }
 
-    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+    fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_chat(&self.id, me)
     }
 }

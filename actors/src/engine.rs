@@ -302,20 +302,19 @@ impl Engine {
     }
 
     /// Takes a retiring user actor out of the directory, unless another activation of the user
-    /// has replaced it there; true when it did.
-    pub fn retire_user(&self, id: &str, addr: &Addr<UserActor>) -> bool {
-        self.dir.users.remove_if(id, |_, a| a == addr).is_some()
+    /// has replaced it there (or the node forgot it: another node owns the user now).
+    pub fn retire_user(&self, id: &str, addr: &Addr<UserActor>) {
+        self.dir.users.remove_if(id, |_, a| a == addr);
     }
 
-    /// Takes a retiring chat actor out of the directory, unless another activation of the chat
-    /// has replaced it there; true when it did.
-    pub fn retire_chat(&self, id: &str, addr: &Addr<ChatActor>) -> bool {
-        self.dir.chats.remove_if(id, |_, a| a == addr).is_some()
+    /// Takes a retiring chat actor out of the directory (see [`Engine::retire_user`]).
+    pub fn retire_chat(&self, id: &str, addr: &Addr<ChatActor>) {
+        self.dir.chats.remove_if(id, |_, a| a == addr);
     }
 
-    /// Takes a retiring group actor out of the directory (see [`Engine::retire_chat`]).
-    pub fn retire_group(&self, id: &str, addr: &Addr<GroupActor>) -> bool {
-        self.dir.groups.remove_if(id, |_, a| a == addr).is_some()
+    /// Takes a retiring group actor out of the directory (see [`Engine::retire_user`]).
+    pub fn retire_group(&self, id: &str, addr: &Addr<GroupActor>) {
+        self.dir.groups.remove_if(id, |_, a| a == addr);
     }
 
     /// Forgets a group activation that is ending (a failed create or a missing group), so the

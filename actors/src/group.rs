@@ -115,7 +115,7 @@ impl Retiring for GroupActor {
         self.core.as_ref().is_none_or(ConvCore::is_quiet)
     }
 
-    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+    fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_group(&self.id, me)
     }
 }

@@ -58,8 +58,10 @@ pub trait Retiring: Actor<Context = Context<Self>> {
     /// True when no write of this actor awaits the store.
     fn quiet(&self) -> bool;
     /// Takes the actor out of the engine's directory, unless another activation has taken its
-    /// place there already; true when it did.
-    fn leave_directory(&self, me: &Addr<Self>) -> bool;
+    /// place there already (or the directory forgot it: in a cluster, after another node
+    /// became the entity's owner). Either way the actor retires: it is no longer the one
+    /// requests are meant for, and the idle checks must not keep it running.
+    fn leave_directory(&self, me: &Addr<Self>);
 }
 
 /// Starts the idle checks of a freshly started actor: after `after` without activity, with
@@ -69,7 +71,8 @@ pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Durat
     let every = (after / 4).max(MIN_CHECK);
     let handle = ctx.run_interval(every, move |act, ctx| {
         let due = act.idle().last.elapsed() >= after;
-        if due && act.quiet() && !ctx.waiting() && act.leave_directory(&ctx.address()) {
+        if due && act.quiet() && !ctx.waiting() {
+            act.leave_directory(&ctx.address());
             let idle = act.idle();
             idle.retired = true;
             // The checks were the last thing besides addresses that kept the actor running.
@@ -195,7 +198,17 @@ mod tests {
             assert_eq!(r[2]["re"], 3);
             assert_eq!(r[2]["ok"]["seq"], 2, "{:?}", r[2]);
             // Once the last address is dropped, the retired actor ends.
+            let weak = old.downgrade();
             drop(old);
+            actix::clock::sleep(Duration::from_millis(50)).await;
+            assert!(weak.upgrade().is_none_or(|a| !a.connected()));
+
+            // An activation the directory forgot (in a cluster: another node owns the chat
+            // now) ends too once idle, instead of being kept running by its idle checks.
+            let current = engine.chat(&id).unwrap().downgrade();
+            engine.retain_owned(|_| false);
+            actix::clock::sleep(Duration::from_millis(200)).await;
+            assert!(current.upgrade().is_none_or(|a| !a.connected()));
         });
     }
 }

@@ -57,7 +57,7 @@ impl Retiring for UserActor {
         true
     }
 
-    fn leave_directory(&self, me: &Addr<Self>) -> bool {
+    fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_user(&self.id, me)
     }
 }
