@@ -35,16 +35,6 @@ impl ChatActor {
             idle: Idle::default(),
         }
     }
-
-    /// The chat's current activation, when this one has retired and must pass requests on.
-    fn successor(&mut self) -> Option<Addr<ChatActor>> {
-        self.idle.touch();
-        if self.idle.retired() {
-            self.engine.chat(&self.id)
-        } else {
-            None
-        }
-    }
 }
 
 impl Retiring for ChatActor {
@@ -60,6 +50,10 @@ impl Retiring for ChatActor {
 
     fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_chat(&self.id, me)
+    }
+
+    fn current(&self) -> Option<Addr<Self>> {
+        self.engine.chat(&self.id)
     }
 }
 

@@ -92,16 +92,6 @@ impl GroupActor {
             idle: Idle::default(),
         }
     }
-
-    /// The group's current activation, when this one has retired and must pass messages on.
-    fn successor(&mut self) -> Option<Addr<GroupActor>> {
-        self.idle.touch();
-        if self.idle.retired() {
-            self.engine.group(&self.id)
-        } else {
-            None
-        }
-    }
 }
 
 impl Retiring for GroupActor {
@@ -117,6 +107,10 @@ impl Retiring for GroupActor {
 
     fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_group(&self.id, me)
+    }
+
+    fn current(&self) -> Option<Addr<Self>> {
+        self.engine.group(&self.id)
     }
 }
 

@@ -62,6 +62,20 @@ pub trait Retiring: Actor<Context = Context<Self>> {
     /// became the entity's owner). Either way the actor retires: it is no longer the one
     /// requests are meant for, and the idle checks must not keep it running.
     fn leave_directory(&self, me: &Addr<Self>);
+    /// The entity's activation in the directory, started if there is none.
+    fn current(&self) -> Option<Addr<Self>>;
+
+    /// Notes activity, as every handler must; once retired, the activation to pass the message
+    /// on to.
+    fn successor(&mut self) -> Option<Addr<Self>> {
+        let idle = self.idle();
+        idle.touch();
+        if idle.retired {
+            self.current()
+        } else {
+            None
+        }
+    }
 }
 
 /// Starts the idle checks of a freshly started actor: after `after` without activity, with

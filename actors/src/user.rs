@@ -33,16 +33,6 @@ impl UserActor {
             idle: Idle::default(),
         }
     }
-
-    /// The user's current activation, when this one has retired and must pass messages on.
-    fn successor(&mut self) -> Option<Addr<UserActor>> {
-        self.idle.touch();
-        if self.idle.retired() {
-            self.engine.user(&self.id)
-        } else {
-            None
-        }
-    }
 }
 
 impl Retiring for UserActor {
@@ -59,6 +49,10 @@ impl Retiring for UserActor {
 
     fn leave_directory(&self, me: &Addr<Self>) {
         self.engine.retire_user(&self.id, me)
+    }
+
+    fn current(&self) -> Option<Addr<Self>> {
+        self.engine.user(&self.id)
     }
 }
 
