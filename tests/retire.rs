@@ -215,3 +215,33 @@ async fn a_retired_user_comes_back_with_their_state() {
     let refused = Client::connect_url(&url, WireFormat::Json).await;
     assert_eq!(refused.err().and_then(|e| e.status()), Some(403));
 }
+
+#[tokio::test]
+async fn requests_for_conversations_that_do_not_exist_leave_no_actors_behind() {
+    // Keep loaded conversations for the life of the node: the ones that do not exist must go
+    // anyway (after a grace of seconds), or a client could pile up actors with made-up ids.
+    let node = Node::start_with(&["--actor-idle-ms", "0"]).await;
+    let (_a, ca) = node.user("Ann", None, WireFormat::Json).await;
+    for i in 0..20 {
+        for conv in [format!("c_nosuch{i}"), format!("g_nosuch{i}")] {
+            err(&ca, "sync", json!({"conv": conv, "after": 0}), "not_found").await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for kind in ["chat", "group"] {
+        let labels = format!("kind=\"{kind}\"");
+        while metric(&node, "kaiwa_actors_running", &labels).await > 0.0 {
+            assert!(Instant::now() < deadline, "{kind} actors stayed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A real chat opened by its first request stays, and asking again finds the others gone.
+    let (b, _cb) = node.user("Bob", None, WireFormat::Json).await;
+    let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
+    assert_eq!(send(&ca, &conv, "1", "hi").await, 1);
+    err(&ca, "sync", json!({"conv": "c_nosuch0", "after": 0}), "not_found").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(send(&ca, &conv, "2", "still here").await, 2);
+    let chats = metric(&node, "kaiwa_actors_running", "kind=\"chat\"").await;
+    assert_eq!(chats, 1.0, "the real chat stays, the made-up one went");
+}

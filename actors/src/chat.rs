@@ -67,7 +67,10 @@ impl Actor for ChatActor {
             .into_actor(self)
             .map(|res, act, ctx| match res {
                 Ok(Some(l)) => act.core = Some(ConvCore::new(act.engine.clone(), l)),
-                Ok(None) => {}
+                // Not created yet: `chat.open` may create it in this activation.
+                Ok(None) => retire::unless_found(ctx, act.engine.limits.actor_idle, |act| {
+                    act.core.is_some()
+                }),
                 Err(e) => {
                     tracing::error!("chat {} failed to load: {e}", act.id);
                     act.engine.forget_chat(&act.id);

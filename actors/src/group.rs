@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, ContextFutureSpawner,
-    Handler, ResponseActFuture, ResponseFuture, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, Context, ContextFutureSpawner, Handler,
+    ResponseActFuture, ResponseFuture, WrapFuture,
 };
 use futures_util::future::join_all;
 
@@ -214,12 +214,9 @@ impl Actor for GroupActor {
                             act.core = Some(ConvCore::new(act.engine.clone(), l));
                             act.resume_cascades(ctx);
                         }
+                        // No such group: answer what is queued (`not_found`), then go.
                         Ok(None) => {
-                            // No such group: answer what is queued, then go.
-                            ctx.run_later(std::time::Duration::from_secs(5), |act, ctx| {
-                                act.engine.forget_group(&act.id);
-                                ctx.stop();
-                            });
+                            retire::unless_found(ctx, act.engine.limits.actor_idle, |_| false)
                         }
                         Err(e) => {
                             tracing::error!("group {} failed to load: {e}", act.id);

@@ -78,6 +78,10 @@ pub trait Retiring: Actor<Context = Context<Self>> {
     }
 }
 
+/// Longest an activation that found no such entity stays: requests for ids that do not exist
+/// must not pile up actors until the idle time.
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(5);
+
 /// Starts the idle checks of a freshly started actor: after `after` without activity, with
 /// nothing in flight, it retires. `None` keeps the actor for the life of the node.
 pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Duration>) {
@@ -86,17 +90,38 @@ pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Durat
     let handle = ctx.run_interval(every, move |act, ctx| {
         let due = act.idle().last.elapsed() >= after;
         if due && act.quiet() && !ctx.waiting() {
-            act.leave_directory(&ctx.address());
-            let idle = act.idle();
-            idle.retired = true;
-            // The checks were the last thing besides addresses that kept the actor running.
-            if let Some(h) = idle.check.take() {
-                ctx.cancel_future(h);
-            }
-            metrics::counter!("kaiwa_retirements_total", "kind" => A::KIND).increment(1);
+            retire(act, ctx);
         }
     });
     act.idle().check = Some(handle);
+}
+
+/// For an activation that found no such entity in the store: it retires soon (after the idle
+/// time when that is shorter), unless `exists` says that meanwhile it was created or something
+/// is in flight. What reaches it later goes to a fresh activation, which looks again.
+pub fn unless_found<A, F>(ctx: &mut Context<A>, after: Option<Duration>, exists: F)
+where
+    A: Retiring,
+    F: Fn(&A) -> bool + 'static,
+{
+    let grace = after.map_or(NOT_FOUND_GRACE, |a| a.min(NOT_FOUND_GRACE));
+    ctx.run_later(grace, move |act, ctx| {
+        if !exists(act) && act.quiet() && !ctx.waiting() && !act.idle().retired {
+            retire(act, ctx);
+        }
+    });
+}
+
+/// Leaves the directory and stops the idle checks: from now on the actor passes everything on.
+fn retire<A: Retiring>(act: &mut A, ctx: &mut Context<A>) {
+    act.leave_directory(&ctx.address());
+    let idle = act.idle();
+    idle.retired = true;
+    // The checks were the last thing besides addresses that kept the actor running.
+    if let Some(h) = idle.check.take() {
+        ctx.cancel_future(h);
+    }
+    metrics::counter!("kaiwa_retirements_total", "kind" => A::KIND).increment(1);
 }
 
 /// Counts a running entity actor, for `kaiwa_actors_running`; called from `started` and
