@@ -239,7 +239,13 @@ async fn requests_for_conversations_that_do_not_exist_leave_no_actors_behind() {
     let (b, _cb) = node.user("Bob", None, WireFormat::Json).await;
     let conv = open_conv(&ca, "chat.open", json!({"user": b})).await;
     assert_eq!(send(&ca, &conv, "1", "hi").await, 1);
-    err(&ca, "sync", json!({"conv": "c_nosuch0", "after": 0}), "not_found").await;
+    err(
+        &ca,
+        "sync",
+        json!({"conv": "c_nosuch0", "after": 0}),
+        "not_found",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(send(&ca, &conv, "2", "still here").await, 2);
     let chats = metric(&node, "kaiwa_actors_running", "kind=\"chat\"").await;

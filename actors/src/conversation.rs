@@ -64,6 +64,9 @@ pub struct ConvCore {
     pub children: Vec<Id>,
     /// Reactions (answers, likes, comments) to this conversation's messages.
     pub book: ActionBook,
+    /// Messages made durable and not yet released (acked and published), with the thread
+    /// whose log they are in; released together once the completions ready now are all in.
+    releasing: Vec<(Option<Id>, Released)>,
 }
 
 /// Everything a conversation actor loads on activation.
@@ -135,6 +138,7 @@ impl ConvCore {
             threads: HashMap::new(),
             children: l.children,
             book: ActionBook::default(),
+            releasing: Vec::new(),
         };
         c.members_changed();
         c
@@ -355,11 +359,24 @@ pub fn append<A: Conversation>(
                 .write(writes)
                 .into_actor(act)
                 .map(move |res, act, ctx| {
-                    let released = match act.core_mut().and_then(|c| c.log_mut(thread.as_deref())) {
-                        Some(log) => log.complete(epoch, seq, res),
-                        None => return,
+                    let Some(core) = act.core_mut() else { return };
+                    let Some(log) = core.log_mut(thread.as_deref()) else {
+                        return;
                     };
-                    release(act, ctx, thread, released);
+                    let released = log.complete(epoch, seq, res);
+                    if released.is_empty() {
+                        return;
+                    }
+                    if core.releasing.is_empty() {
+                        // Behind every completion that is ready now: the writes of one commit
+                        // are released, and fanned out, together.
+                        actix::fut::ready(())
+                            .map(|(), act: &mut A, ctx| release(act, ctx))
+                            .spawn(ctx);
+                    }
+                    let t = &thread;
+                    core.releasing
+                        .extend(released.into_iter().map(|r| (t.clone(), r)));
                 })
                 .spawn(ctx);
         }
@@ -379,21 +396,20 @@ fn fail(r: Released) {
     }
 }
 
-/// Acks and fans out released messages in order; after a failed write, answers `internal` and
-/// reloads the log's position from the store before taking more writes. Messages released
-/// together for the same recipients are published as one burst.
-fn release<A: Conversation>(
-    act: &mut A,
-    ctx: &mut Context<A>,
-    thread: Option<Id>,
-    released: Vec<Released>,
-) {
-    let mut failed = false;
+/// Acks and fans out the messages made durable since the last release, in order; messages for
+/// the same recipients are published as one burst. After a failed write, answers `internal`
+/// and reloads the log's position from the store before taking more writes.
+fn release<A: Conversation>(act: &mut A, ctx: &mut Context<A>) {
+    let Some(core) = act.core_mut() else { return };
+    let batch = std::mem::take(&mut core.releasing);
+    let mut failed: Vec<Option<Id>> = Vec::new();
     let mut burst = Burst::default();
-    for r in released {
+    for (thread, r) in batch {
         if let Err(e) = &r.result {
             tracing::warn!("append failed: {e}");
-            failed = true;
+            if !failed.contains(&thread) {
+                failed.push(thread);
+            }
             fail(r);
             continue;
         }
@@ -417,23 +433,29 @@ fn release<A: Conversation>(
     if let Some(core) = act.core_mut() {
         burst.publish(core);
     }
-    if failed {
-        let Some(core) = act.core_mut() else { return };
-        let store = core.engine.store.clone();
-        let log = core.log_id(thread.as_deref());
-        async move { store.last_seq(&log).await }
-            .into_actor(act)
-            .map(move |res, act, ctx| {
-                match (
-                    res,
-                    act.core_mut().and_then(|c| c.log_mut(thread.as_deref())),
-                ) {
-                    (Ok(last), Some(log)) => log.reset(last).into_iter().for_each(fail),
-                    _ => ctx.stop(),
-                }
-            })
-            .wait(ctx);
+    for thread in failed {
+        reload_position(act, ctx, thread);
     }
+}
+
+/// After a failed write: reloads the log's last seq from the store and fails what was still
+/// pending on the old position; stops the actor when that fails too.
+fn reload_position<A: Conversation>(act: &mut A, ctx: &mut Context<A>, thread: Option<Id>) {
+    let Some(core) = act.core_mut() else { return };
+    let store = core.engine.store.clone();
+    let log = core.log_id(thread.as_deref());
+    async move { store.last_seq(&log).await }
+        .into_actor(act)
+        .map(move |res, act, ctx| {
+            match (
+                res,
+                act.core_mut().and_then(|c| c.log_mut(thread.as_deref())),
+            ) {
+                (Ok(last), Some(log)) => log.reset(last).into_iter().for_each(fail),
+                _ => ctx.stop(),
+            }
+        })
+        .wait(ctx);
 }
 
 /// Events released together, gathered while they go to the same recipients.
