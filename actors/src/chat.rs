@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use crate::ids;
 use crate::protocol::{ConvOk, ConvType, Id, KResult, KaiwaError, Op, Role};
 use crate::reply::Waiter;
-use crate::retire::{self, Idle, Retiring};
+use crate::retire::{self, Idle, IdleCheck, Retiring};
 use crate::rules;
 use crate::store::{ConvRecord, Write};
 
@@ -57,12 +57,19 @@ impl Retiring for ChatActor {
     }
 }
 
+impl Handler<IdleCheck> for ChatActor {
+    type Result = ();
+
+    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, self.engine.limits.actor_idle);
+    }
+}
+
 impl Actor for ChatActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         retire::count(Self::KIND, 1.0);
-        retire::watch(self, ctx, self.engine.limits.actor_idle);
         ConvCore::load(self.engine.clone(), self.id.clone())
             .into_actor(self)
             .map(|res, act, ctx| match res {

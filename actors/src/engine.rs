@@ -18,6 +18,7 @@ use crate::hub::{Conn, Hub};
 use crate::ids;
 use crate::org::OrgActor;
 use crate::protocol::Format;
+use crate::retire::{self, IdleCheck};
 use crate::store::Store;
 use crate::user::UserActor;
 
@@ -161,7 +162,7 @@ impl Engine {
         limits: Limits,
         arbiter: ArbiterHandle,
     ) -> Arc<Self> {
-        Arc::new(Engine {
+        let engine = Arc::new(Engine {
             store,
             bus,
             hub,
@@ -171,7 +172,35 @@ impl Engine {
             dir: Directory::default(),
             next_conn: AtomicU64::new(first_conn_id()),
             cluster: OnceLock::new(),
-        })
+        });
+        engine.start_sweeps();
+        engine
+    }
+
+    /// Asks every actor in the directory, every so often, whether it has been idle long enough
+    /// to retire (see [`crate::retire`]); nothing when actors are kept for the life of the node.
+    fn start_sweeps(self: &Arc<Self>) {
+        let Some(after) = self.limits.actor_idle else {
+            return;
+        };
+        let engine = Arc::downgrade(self);
+        self.arbiter.spawn(async move {
+            let mut tick = actix::clock::interval(retire::sweep_every(after));
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                engine.sweep();
+            }
+        });
+    }
+
+    /// One [`IdleCheck`] to every user, chat and group actor in the directory.
+    fn sweep(&self) {
+        self.dir.users.iter().for_each(|a| a.do_send(IdleCheck));
+        self.dir.chats.iter().for_each(|a| a.do_send(IdleCheck));
+        self.dir.groups.iter().for_each(|a| a.do_send(IdleCheck));
     }
 
     /// A new connection of `user`, with a fresh id and an outbox sized by the limits.

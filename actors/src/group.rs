@@ -26,7 +26,7 @@ use crate::protocol::{
     Origin, Role, SendMsg, SyncReq,
 };
 use crate::reply::Waiter;
-use crate::retire::{self, Idle, Retiring};
+use crate::retire::{self, Idle, IdleCheck, Retiring};
 use crate::rules;
 use crate::store::{ConvRecord, StoredMessage, Write};
 
@@ -114,6 +114,14 @@ impl Retiring for GroupActor {
     }
 }
 
+impl Handler<IdleCheck> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, self.engine.limits.actor_idle);
+    }
+}
+
 /// Checks a new group against the rules, links it under its parent, and writes it.
 async fn check_new(engine: Arc<Engine>, id: Id, spec: GroupSpec) -> KResult<Loaded> {
     let name = spec.name.trim();
@@ -186,7 +194,6 @@ impl Actor for GroupActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         retire::count(Self::KIND, 1.0);
-        retire::watch(self, ctx, self.engine.limits.actor_idle);
         match self.init.take() {
             Some(Init::Create(spec, done)) => {
                 check_new(self.engine.clone(), self.id.clone(), spec)

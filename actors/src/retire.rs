@@ -13,25 +13,49 @@
 //! look an entity up each time), so a retired actor ends as soon as the last of those has been
 //! passed on.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context, SpawnHandle};
+use actix::{Actor, Addr, AsyncContext, Context};
+use metrics::Gauge;
 
-/// Shortest interval between idle checks.
-const MIN_CHECK: Duration = Duration::from_millis(50);
+/// Shortest interval between two sweeps of the directory.
+const MIN_SWEEP: Duration = Duration::from_millis(50);
 
-/// An actor's activity record.
+/// Longest an activation that found no such entity stays: requests for ids that do not exist
+/// must not pile up actors until the idle time.
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the engine asks every actor in its directory whether it has been idle for `after`:
+/// a quarter of it, so an actor leaves at most a quarter late. One sweep for the node instead of
+/// a timer per actor, which would cost each connected user's actor ~200 bytes.
+pub fn sweep_every(after: Duration) -> Duration {
+    (after / 4).max(MIN_SWEEP)
+}
+
+/// The engine's periodic question to an actor in its directory: retire if idle.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct IdleCheck;
+
+/// Milliseconds since the first call, wrapping after 49 days (differences stay right across a
+/// wrap for any span shorter than that).
+fn now_ms() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
+/// An actor's activity record: 8 bytes, since every connected user's actor carries one.
 pub struct Idle {
-    last: Instant,
-    check: Option<SpawnHandle>,
+    /// When the actor last handled something, in [`now_ms`].
+    last_ms: u32,
     retired: bool,
 }
 
 impl Default for Idle {
     fn default() -> Self {
         Idle {
-            last: Instant::now(),
-            check: None,
+            last_ms: now_ms(),
             retired: false,
         }
     }
@@ -40,7 +64,12 @@ impl Default for Idle {
 impl Idle {
     /// Notes activity; every handler calls it.
     pub fn touch(&mut self) {
-        self.last = Instant::now();
+        self.last_ms = now_ms();
+    }
+
+    /// How long ago the actor last handled something.
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(u64::from(now_ms().wrapping_sub(self.last_ms)))
     }
 
     /// True once the actor has left the directory: it passes everything on.
@@ -58,9 +87,7 @@ pub trait Retiring: Actor<Context = Context<Self>> {
     /// True when no write of this actor awaits the store.
     fn quiet(&self) -> bool;
     /// Takes the actor out of the engine's directory, unless another activation has taken its
-    /// place there already (or the directory forgot it: in a cluster, after another node
-    /// became the entity's owner). Either way the actor retires: it is no longer the one
-    /// requests are meant for, and the idle checks must not keep it running.
+    /// place there already.
     fn leave_directory(&self, me: &Addr<Self>);
     /// The entity's activation in the directory, started if there is none.
     fn current(&self) -> Option<Addr<Self>>;
@@ -78,22 +105,14 @@ pub trait Retiring: Actor<Context = Context<Self>> {
     }
 }
 
-/// Longest an activation that found no such entity stays: requests for ids that do not exist
-/// must not pile up actors until the idle time.
-const NOT_FOUND_GRACE: Duration = Duration::from_secs(5);
-
-/// Starts the idle checks of a freshly started actor: after `after` without activity, with
-/// nothing in flight, it retires. `None` keeps the actor for the life of the node.
-pub fn watch<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Duration>) {
+/// Answers an [`IdleCheck`]: after `after` without activity, with nothing in flight, the actor
+/// retires. The check itself is not activity.
+pub fn check<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Duration>) {
     let Some(after) = after else { return };
-    let every = (after / 4).max(MIN_CHECK);
-    let handle = ctx.run_interval(every, move |act, ctx| {
-        let due = act.idle().last.elapsed() >= after;
-        if due && act.quiet() && !ctx.waiting() {
-            retire(act, ctx);
-        }
-    });
-    act.idle().check = Some(handle);
+    let idle = act.idle();
+    if !idle.retired && idle.idle_for() >= after && act.quiet() && !ctx.waiting() {
+        retire(act, ctx);
+    }
 }
 
 /// For an activation that found no such entity in the store: it retires soon (after the idle
@@ -112,22 +131,26 @@ where
     });
 }
 
-/// Leaves the directory and stops the idle checks: from now on the actor passes everything on.
+/// Leaves the directory: from now on the actor passes everything on, and it ends once nobody
+/// holds its address.
 fn retire<A: Retiring>(act: &mut A, ctx: &mut Context<A>) {
     act.leave_directory(&ctx.address());
-    let idle = act.idle();
-    idle.retired = true;
-    // The checks were the last thing besides addresses that kept the actor running.
-    if let Some(h) = idle.check.take() {
-        ctx.cancel_future(h);
-    }
+    act.idle().retired = true;
     metrics::counter!("kaiwa_retirements_total", "kind" => A::KIND).increment(1);
 }
 
 /// Counts a running entity actor, for `kaiwa_actors_running`; called from `started` and
-/// `stopped`.
+/// `stopped`. The gauges are looked up once: a lookup builds the labelled key anew, and a user
+/// actor starts with every connection.
 pub fn count(kind: &'static str, delta: f64) {
-    metrics::gauge!("kaiwa_actors_running", "kind" => kind).increment(delta);
+    static GAUGES: OnceLock<[(&str, Gauge); 3]> = OnceLock::new();
+    let gauges = GAUGES.get_or_init(|| {
+        ["user", "chat", "group"].map(|k| (k, metrics::gauge!("kaiwa_actors_running", "kind" => k)))
+    });
+    match gauges.iter().find(|(k, _)| *k == kind) {
+        Some((_, g)) => g.increment(delta),
+        None => metrics::gauge!("kaiwa_actors_running", "kind" => kind).increment(delta),
+    }
 }
 
 #[cfg(test)]
@@ -243,7 +266,7 @@ mod tests {
             assert!(weak.upgrade().is_none_or(|a| !a.connected()));
 
             // An activation the directory forgot (in a cluster: another node owns the chat
-            // now) ends too once idle, instead of being kept running by its idle checks.
+            // now) ends as soon as nobody holds its address.
             let current = engine.chat(&id).unwrap().downgrade();
             engine.retain_owned(|_| false);
             actix::clock::sleep(Duration::from_millis(200)).await;

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use actix::{
-    Actor, ActorFutureExt, Addr, Context, ContextFutureSpawner, Handler, ResponseFuture, WrapFuture,
+    Actor, ActorFutureExt, Addr, Context, ContextFutureSpawner, Handler, Response, WrapFuture,
 };
 
 use crate::engine::Engine;
 use crate::outbox::CLOSE_USER_DISABLED;
 use crate::protocol::{ConvSummary, ConvType, ConvsOk, Id, KResult, KaiwaError};
 use crate::reply::Waiter;
-use crate::retire::{self, Idle, Retiring};
+use crate::retire::{self, Idle, IdleCheck, Retiring};
 use crate::rules;
 use crate::store::{StoreResult, UserRecord, UserState, Write};
 
@@ -56,15 +56,23 @@ impl Retiring for UserActor {
     }
 }
 
+impl Handler<IdleCheck> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, self.engine.limits.actor_idle);
+    }
+}
+
 /// Forwards `m` to `next` and answers with its answer; `gone` when the successor is.
-fn pass_on<M>(next: Addr<UserActor>, m: M, gone: M::Result) -> ResponseFuture<M::Result>
+fn pass_on<M>(next: Addr<UserActor>, m: M, gone: M::Result) -> Response<M::Result>
 where
     M: actix::Message + Send + 'static,
     M::Result: Send,
     UserActor: Handler<M>,
 {
     let answer = next.send(m);
-    Box::pin(async move { answer.await.unwrap_or(gone) })
+    Response::fut(async move { answer.await.unwrap_or(gone) })
 }
 
 impl Actor for UserActor {
@@ -72,7 +80,6 @@ impl Actor for UserActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         retire::count(Self::KIND, 1.0);
-        retire::watch(self, ctx, self.engine.limits.actor_idle);
         let store = self.engine.store.clone();
         let id = self.id.clone();
         async move { store.user(&id).await }
@@ -94,8 +101,9 @@ impl Actor for UserActor {
 #[rtype(result = "KResult<UserRecord>")]
 pub struct Attach;
 
+/// Answered at once (no task per connect) unless the actor has retired.
 impl Handler<Attach> for UserActor {
-    type Result = ResponseFuture<KResult<UserRecord>>;
+    type Result = Response<KResult<UserRecord>>;
 
     fn handle(&mut self, m: Attach, _: &mut Context<Self>) -> Self::Result {
         if let Some(next) = self.successor() {
@@ -108,7 +116,7 @@ impl Handler<Attach> for UserActor {
             )),
             Some(r) => rules::user_state::can_connect(r.state).map(|_| r.clone()),
         };
-        Box::pin(async move { answer })
+        Response::reply(answer)
     }
 }
 
@@ -142,14 +150,13 @@ pub async fn admit(engine: &Arc<Engine>, id: &str) -> KResult<()> {
 pub struct GetUser;
 
 impl Handler<GetUser> for UserActor {
-    type Result = ResponseFuture<Option<UserRecord>>;
+    type Result = Response<Option<UserRecord>>;
 
     fn handle(&mut self, m: GetUser, _: &mut Context<Self>) -> Self::Result {
         if let Some(next) = self.successor() {
             return pass_on(next, m, None);
         }
-        let record = self.record.clone();
-        Box::pin(async move { record })
+        Response::reply(self.record.clone())
     }
 }
 
