@@ -57,8 +57,8 @@ pub struct ServeConfig {
     /// Recent client message ids each conversation remembers [default: 10000].
     #[arg(long, env = "KAIWA_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
-    /// A chat or group idle this long, in milliseconds, leaves memory until its next request;
-    /// 0 keeps every conversation loaded [default: 900000, a quarter of an hour].
+    /// A user, chat or group idle this long, in milliseconds, leaves memory until its next
+    /// request; 0 keeps everything loaded [default: 900000, a quarter of an hour].
     #[arg(long, env = "KAIWA_ACTOR_IDLE_MS")]
     pub actor_idle_ms: Option<u64>,
     /// Messages per segment of the embedded store's journal; a full segment is folded into the
