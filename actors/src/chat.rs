@@ -60,8 +60,8 @@ impl Retiring for ChatActor {
 impl Handler<IdleCheck> for ChatActor {
     type Result = ();
 
-    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
-        retire::check(self, ctx, self.engine.limits.actor_idle);
+    fn handle(&mut self, m: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, m);
     }
 }
 

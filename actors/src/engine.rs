@@ -191,16 +191,25 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                engine.sweep();
+                engine.sweep(after);
             }
         });
     }
 
     /// One [`IdleCheck`] to every user, chat and group actor in the directory.
-    fn sweep(&self) {
-        self.dir.users.iter().for_each(|a| a.do_send(IdleCheck));
-        self.dir.chats.iter().for_each(|a| a.do_send(IdleCheck));
-        self.dir.groups.iter().for_each(|a| a.do_send(IdleCheck));
+    fn sweep(&self, after: Duration) {
+        self.dir
+            .users
+            .iter()
+            .for_each(|a| a.do_send(IdleCheck(after)));
+        self.dir
+            .chats
+            .iter()
+            .for_each(|a| a.do_send(IdleCheck(after)));
+        self.dir
+            .groups
+            .iter()
+            .for_each(|a| a.do_send(IdleCheck(after)));
     }
 
     /// A new connection of `user`, with a fresh id and an outbox sized by the limits.

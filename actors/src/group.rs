@@ -117,8 +117,8 @@ impl Retiring for GroupActor {
 impl Handler<IdleCheck> for GroupActor {
     type Result = ();
 
-    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
-        retire::check(self, ctx, self.engine.limits.actor_idle);
+    fn handle(&mut self, m: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, m);
     }
 }
 

@@ -110,24 +110,18 @@ impl Outbox {
     /// Queues a data frame. Returns false when the connection is closing or the queue was full;
     /// a full queue closes the connection with [`CLOSE_SLOW_CONSUMER`] and drops what it held.
     pub fn push(self: &Arc<Self>, frame: OutFrame) -> bool {
-        let queued = self.push_uncounted(frame);
+        let queued = self.push_all_uncounted(std::iter::once(frame)) == 1;
         if queued {
             self.frames_out.increment(1);
         }
         queued
     }
 
-    /// [`Outbox::push`] without counting the frame in `kaiwa_frames_out_total`, for a caller
-    /// that counts a whole fan-out at once (one shared counter update per message instead of
-    /// one per member).
-    pub fn push_uncounted(self: &Arc<Self>, frame: OutFrame) -> bool {
-        self.push_all_uncounted(std::iter::once(frame)) == 1
-    }
-
     /// Queues frames, in order, as one burst: all of them are queued before the connection is
     /// marked dirty, so that no flush writes part of them alone. Returns how many were queued
-    /// (fewer than given when the queue filled up and cut the reader off); not counted in
-    /// `kaiwa_frames_out_total`.
+    /// (fewer than given when the queue filled up and cut the reader off). Not counted in
+    /// `kaiwa_frames_out_total`: a fan-out counts all its frames at once (one shared counter
+    /// update per message instead of one per member).
     pub fn push_all_uncounted(self: &Arc<Self>, frames: impl IntoIterator<Item = OutFrame>) -> u64 {
         let mut s = self.state.lock();
         if s.close.is_some() {

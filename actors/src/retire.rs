@@ -33,10 +33,10 @@ pub fn sweep_every(after: Duration) -> Duration {
     (after / 4).max(MIN_SWEEP)
 }
 
-/// The engine's periodic question to an actor in its directory: retire if idle.
+/// The engine's periodic question to an actor in its directory: retire if idle this long.
 #[derive(actix::Message)]
 #[rtype(result = "()")]
-pub struct IdleCheck;
+pub struct IdleCheck(pub Duration);
 
 /// Milliseconds since the first call, wrapping after 49 days (differences stay right across a
 /// wrap for any span shorter than that).
@@ -71,11 +71,6 @@ impl Idle {
     fn idle_for(&self) -> Duration {
         Duration::from_millis(u64::from(now_ms().wrapping_sub(self.last_ms)))
     }
-
-    /// True once the actor has left the directory: it passes everything on.
-    pub fn retired(&self) -> bool {
-        self.retired
-    }
 }
 
 /// An entity actor that can retire.
@@ -107,8 +102,7 @@ pub trait Retiring: Actor<Context = Context<Self>> {
 
 /// Answers an [`IdleCheck`]: after `after` without activity, with nothing in flight, the actor
 /// retires. The check itself is not activity.
-pub fn check<A: Retiring>(act: &mut A, ctx: &mut Context<A>, after: Option<Duration>) {
-    let Some(after) = after else { return };
+pub fn check<A: Retiring>(act: &mut A, ctx: &mut Context<A>, IdleCheck(after): IdleCheck) {
     let idle = act.idle();
     if !idle.retired && idle.idle_for() >= after && act.quiet() && !ctx.waiting() {
         retire(act, ctx);

@@ -59,8 +59,8 @@ impl Retiring for UserActor {
 impl Handler<IdleCheck> for UserActor {
     type Result = ();
 
-    fn handle(&mut self, _: IdleCheck, ctx: &mut Context<Self>) {
-        retire::check(self, ctx, self.engine.limits.actor_idle);
+    fn handle(&mut self, m: IdleCheck, ctx: &mut Context<Self>) {
+        retire::check(self, ctx, m);
     }
 }
 
