@@ -7,7 +7,8 @@
 #   scripts/bench.sh [--repeat N] [--quick] [--only NAME] [--cluster]
 #
 # --quick: shorter runs and smaller groups, for trying the script. --only NAME: one scenario
-# (fanout_max, fanout_1k_100, fanout_stalled, fanout_max_stalled, fanout_10k_10, chat_max,
+# (fanout_max, fanout_1k_100, fanout_stalled, fanout_max_stalled, fanout_10k_10, floor_1k_100,
+# floor_10k_10, chat_max,
 # chat_half, chat_half_own, connect, churn, tree). --cluster: the same suite against a 3-node cluster (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,6 +124,19 @@ run_one() {
   stop_node
 }
 
+# run_floor NAME ARGS... : the loopback floor (no node), REPEAT runs; the tool's writer on the
+# node's core (0) and its reader process on the tool's core (1).
+run_floor() {
+  local name="$1"; shift
+  for i in $(seq "$REPEAT"); do
+    echo "[$name run $i/$REPEAT] kaiwa-loadtest $*" >&2
+    if ! timeout 300 taskset -c 1 "$TOOL" --json "$OUT/$name.$i.json" "$@" >"$OUT/$name.$i.txt" 2>&1; then
+      echo "  run failed: $(tail -3 "$OUT/$name.$i.txt" | tr '\n' ' ')" >&2
+      rm -f "$OUT/$name.$i.json"
+    fi
+  done
+}
+
 # values NAME JQ-EXPR : the figure of every run, sorted.
 values() {
   for f in "$OUT/$1".*.json; do [ -f "$f" ] && jq -r "$2 // empty" "$f"; done | sort -g
@@ -184,6 +198,10 @@ if want fanout_1k_100 || want fanout_stalled; then
 fi
 if want fanout_max_stalled; then CMD[fanout_max_stalled]="--duration $D fanout -n 1000 --stalled 1"; run fanout_max_stalled ${CMD[fanout_max_stalled]}; fi
 if want fanout_10k_10; then CMD[fanout_10k_10]="--duration $D $W fanout -n $BIG --rate 10"; run fanout_10k_10 ${CMD[fanout_10k_10]}; fi
+# What the kernel alone charges for the same writes: the floor of the two latency rows above.
+FLOOR_PIN="--send-cpu 0 --recv-cpu 1"
+if want floor_1k_100; then CMD[floor_1k_100]="--duration $D $W floor -n 1000 --rate 100 $FLOOR_PIN"; run_floor floor_1k_100 ${CMD[floor_1k_100]}; fi
+if want floor_10k_10; then CMD[floor_10k_10]="--duration $D $W floor -n $BIG --rate 10 $FLOOR_PIN"; run_floor floor_10k_10 ${CMD[floor_10k_10]}; fi
 if want chat_max; then CMD[chat_max]="--duration $D chat -k $PAIRS"; run chat_max ${CMD[chat_max]}; fi
 CHAT_HALF_RATE=25000
 if want chat_half; then CMD[chat_half]="--duration $D $W chat -k $PAIRS --rate $CHAT_HALF_RATE"; run chat_half ${CMD[chat_half]}; fi
@@ -221,7 +239,13 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 row() { # scenario target measured cmd-key
   local c="${CMD[$4]:-}"
   [ -z "$c" ] && return 0
-  echo "| $1 | $2 | $3 | \`$(tool_cmd "$c")\` |"
+  local shown; shown=$(tool_cmd "$c")
+  case "$4" in floor_*) shown="taskset -c 1 kaiwa-loadtest $c" ;; esac
+  echo "| $1 | $2 | $3 | \`$shown\` |"
+}
+# "; write W µs, read R µs of CPU per record": a floor run's costs on each side.
+floor_cpu() {
+  echo "; write $(num "$(median_raw "$1" .extra.write_cpu_us)") µs, read $(num "$(median_raw "$1" .extra.read_cpu_us)") µs of CPU per record"
 }
 {
   echo "# Kaiwa benchmarks"
@@ -242,6 +266,8 @@ row() { # scenario target measured cmd-key
   row "fanout 1,000 members, max rate: deliveries/s" "≥ 1,000,000" "$(median fanout_max .deliveries_per_s); lost $(lost fanout_max)$(cpu fanout_max)" fanout_max
   row "fanout 1,000 members at 100 msgs/s: p99 send→deliver ms" "≤ 5" "$(median fanout_1k_100 .delivery_latency.p99_ms); lost $(lost fanout_1k_100)$(cpu fanout_1k_100)" fanout_1k_100
   row "fanout $BIG members at 10 msgs/s: p99 send→deliver ms" "≤ 50" "$(median fanout_10k_10 .delivery_latency.p99_ms); lost $(lost fanout_10k_10)$(cpu fanout_10k_10)" fanout_10k_10
+  row "floor of the two rows above, no server: 1,000 sockets written 100 times/s from core 0, read on core 1: p99 write→read ms" "—" "$(median floor_1k_100 .delivery_latency.p99_ms)$(floor_cpu floor_1k_100)" floor_1k_100
+  row "floor, no server: $BIG sockets written 10 times/s: p99 write→read ms" "—" "$(median floor_10k_10 .delivery_latency.p99_ms)$(floor_cpu floor_10k_10)" floor_10k_10
   row "fanout 1,000 at 100 msgs/s + 1 stalled reader: p99 ms of the others (runs interleaved with the row above)" "within 10% of the run without" "$(median fanout_stalled .delivery_latency.p99_ms); lost $(lost fanout_stalled)$(cpu fanout_stalled)" fanout_stalled
   row "fanout 1,000 at max rate + 1 stalled reader: deliveries/s to the others" "within 10% of the run without" "$(median fanout_max_stalled .deliveries_per_s); lost $(lost fanout_max_stalled)$(cpu fanout_max_stalled)" fanout_max_stalled
   row "chat $PAIRS pairs, max rate: acked msgs/s" "≥ 50,000" "$(median chat_max .acks_per_s); lost $(lost chat_max)$(cpu chat_max)" chat_max

@@ -6,6 +6,7 @@ pub mod chart;
 pub mod client;
 pub mod clock;
 pub mod cpu;
+pub mod floor;
 pub mod live;
 pub mod net;
 pub mod publisher;

@@ -12,7 +12,7 @@ use kaiwa_loadtest::client::WireFormat;
 use kaiwa_loadtest::net::{Pacing, Target};
 use kaiwa_loadtest::report::Report;
 use kaiwa_loadtest::scenarios::{chat, churn, connect, fanout, tree, Ctx};
-use kaiwa_loadtest::{chart, pool, workers};
+use kaiwa_loadtest::{chart, floor, pool, workers};
 
 /// mimalloc instead of the system allocator: a chat run builds, sends, parses and drops a few
 /// JSON documents per message, and glibc's malloc (with its free-chunk merging) was a quarter
@@ -148,9 +148,43 @@ enum Scenario {
         #[arg(long, default_value_t = 50.0)]
         rate: f64,
     },
+    /// The loopback floor, no server: the tool writes one record to each of N sockets per
+    /// round from one core while a child process reads them on another. What a fan-out to N
+    /// members cannot go below on this machine.
+    Floor {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        /// Rounds per second (a round writes every socket once).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Bytes per write (the default is the size on the wire of a `message` event frame
+        /// with a 100-byte body).
+        #[arg(long, default_value_t = 287)]
+        bytes: usize,
+        /// Core for the writer (the node's core in the standard setup).
+        #[arg(long)]
+        send_cpu: Option<usize>,
+        /// Core for the reader process (the tool's core).
+        #[arg(long)]
+        recv_cpu: Option<usize>,
+    },
     /// Internal: holds receivers for a parent run (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
+    /// Internal: the reading side of `floor`.
+    #[command(hide = true)]
+    FloorReader {
+        #[arg(long)]
+        port: u16,
+        #[arg(short = 'n')]
+        connections: usize,
+        #[arg(long)]
+        bytes: usize,
+        #[arg(long)]
+        cpu: Option<usize>,
+        #[arg(long)]
+        bound_s: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -158,8 +192,36 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let c = &cli.common;
     let bound = Duration::from_secs_f64(c.duration + c.setup_timeout);
-    if let Scenario::Worker = cli.scenario {
-        return workers::run_worker(bound.as_secs_f64()).await;
+    match cli.scenario {
+        Scenario::Worker => return workers::run_worker(bound.as_secs_f64()).await,
+        Scenario::FloorReader {
+            port,
+            connections,
+            bytes,
+            cpu,
+            bound_s,
+        } => return floor::run_reader(port, connections, bytes, cpu, Duration::from_secs(bound_s)),
+        Scenario::Floor {
+            connections,
+            rate,
+            bytes,
+            send_cpu,
+            recv_cpu,
+        } => {
+            let opts = floor::FloorOpts {
+                connections,
+                rate,
+                bytes,
+                duration: Duration::from_secs_f64(c.duration),
+                warmup: Duration::from_secs_f64(c.warmup.clamp(0.0, c.duration)),
+                send_cpu,
+                recv_cpu,
+                reader_exe: None,
+            };
+            let report = tokio::task::spawn_blocking(move || floor::run(&opts)).await??;
+            return finish(&report, c);
+        }
+        _ => {}
     }
     let format = match c.format {
         Format::Json => WireFormat::Json,
@@ -180,13 +242,18 @@ async fn main() -> anyhow::Result<()> {
     let report = tokio::time::timeout(bound, run(&ctx, &admin, &cli.scenario))
         .await
         .context("the run exceeded its time bound")??;
+    finish(&report, c)
+}
+
+/// Prints the summary and writes the files asked for.
+fn finish(report: &Report, c: &Common) -> anyhow::Result<()> {
     print!("{}", report.summary());
     if let Some(path) = &c.json {
         report.write_json(path)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &c.chart {
-        chart::draw(&report, path)?;
+        chart::draw(report, path)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -245,6 +312,8 @@ async fn run(ctx: &Ctx, admin: &Admin, scenario: &Scenario) -> anyhow::Result<Re
             };
             churn::run(ctx, &plan, &opts).await
         }
-        Scenario::Worker => unreachable!("handled in main"),
+        Scenario::Worker | Scenario::FloorReader { .. } | Scenario::Floor { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }

@@ -108,16 +108,18 @@ impl Report {
             self.urls.join(",")
         );
         let c = &self.connect;
-        let _ = writeln!(
-            s,
-            "connections: {}/{} ok, {:.0} handshakes/s, handshake p50 {:.1} ms p99 {:.1} ms{}",
-            c.ok,
-            c.attempted,
-            c.handshakes_per_s,
-            c.handshake.p50_ms,
-            c.handshake.p99_ms,
-            errors_suffix(&c.errors)
-        );
+        if c.attempted > 0 {
+            let _ = writeln!(
+                s,
+                "connections: {}/{} ok, {:.0} handshakes/s, handshake p50 {:.1} ms p99 {:.1} ms{}",
+                c.ok,
+                c.attempted,
+                c.handshakes_per_s,
+                c.handshake.p50_ms,
+                c.handshake.p99_ms,
+                errors_suffix(&c.errors)
+            );
+        }
         let _ = writeln!(
             s,
             "traffic: {:.1} s, sent {}, acked {} ({:.0} acks/s), delivered {} ({:.0} deliveries/s), duplicates {}",
@@ -137,11 +139,13 @@ impl Report {
             }
         }
         let l = &self.loss;
-        let _ = writeln!(
-            s,
-            "loss: {} lost of {} expected (missed live {}, recovered by sync {}, sync failures {})",
-            l.lost, l.expected, l.missed_live, l.recovered_by_sync, l.sync_failures
-        );
+        if l.expected > 0 || l.lost > 0 || l.sync_failures > 0 {
+            let _ = writeln!(
+                s,
+                "loss: {} lost of {} expected (missed live {}, recovered by sync {}, sync failures {})",
+                l.lost, l.expected, l.missed_live, l.recovered_by_sync, l.sync_failures
+            );
+        }
         if !self.errors.is_empty() {
             let _ = writeln!(s, "errors: {}", fmt_errors(&self.errors));
         }

@@ -7,6 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use kaiwa_loadtest::floor;
 use kaiwa_loadtest::net::Target;
 use kaiwa_loadtest::scenarios::{chat, fanout, Ctx};
 use kaiwa_loadtest::WireFormat;
@@ -126,4 +127,29 @@ async fn receivers_spread_over_worker_processes() {
     assert_eq!(report.loss.lost, 5);
     assert_eq!(report.deliveries, (report.acked - 1) * 5);
     assert!(report.delivery_latency.count > 0);
+}
+
+#[test]
+fn floor_reads_every_record_and_times_the_rounds() {
+    let opts = floor::FloorOpts {
+        connections: 40,
+        rate: 20.0,
+        bytes: 300,
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(100),
+        send_cpu: None,
+        recv_cpu: None,
+        reader_exe: Some(env!("CARGO_BIN_EXE_kaiwa-loadtest").into()),
+    };
+    let report = floor::run(&opts).unwrap();
+    assert_eq!(report.scenario, "floor");
+    assert_eq!(report.extra["lost_records"], 0);
+    assert_eq!(report.extra["short_writes"], 0);
+    // Every timed round reaches all 40 sockets, and each record's delay is measured once.
+    assert!(report.sent >= 40 * 8, "sent only {}", report.sent);
+    assert_eq!(report.sent % 40, 0);
+    assert_eq!(report.deliveries, report.sent);
+    assert_eq!(report.delivery_latency.count, report.sent);
+    assert!(report.delivery_latency.max_ms < 1000.0);
+    assert!(report.extra["write_cpu_us"].as_f64().unwrap() > 0.0);
 }
