@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -23,7 +24,7 @@ use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
 use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use crate::protocol::OutFrame;
+use crate::protocol::{Format, OutFrame};
 
 /// WebSocket close code sent to a reader too slow to keep its queue under the bound.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -91,20 +92,47 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     limit: usize,
+    /// Encoding of pushed events: 0 = not yet chosen (JSON), 1 = JSON, 2 = MessagePack. Kept
+    /// here rather than on the connection: a fan-out reads it beside the queue it pushes to.
+    format: AtomicU8,
     wire: Option<Box<dyn Wire>>,
     frames_out: metrics::Counter,
 }
 
 impl Outbox {
     /// A queue that holds at most `limit` unwritten frames before cutting the reader off and
-    /// writes to `wire`. Without a wire, frames stay queued (tests look at them there).
-    pub fn new(limit: usize, wire: Option<Box<dyn Wire>>) -> Arc<Self> {
+    /// writes to `wire`; pushed events go in `format` (None: that of the client's first frame).
+    /// Without a wire, frames stay queued (tests look at them there).
+    pub fn new(limit: usize, format: Option<Format>, wire: Option<Box<dyn Wire>>) -> Arc<Self> {
+        let f = match format {
+            None => 0,
+            Some(Format::Json) => 1,
+            Some(Format::MsgPack) => 2,
+        };
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             limit: limit.max(1),
+            format: AtomicU8::new(f),
             wire,
             frames_out: metrics::counter!("kaiwa_frames_out_total"),
         })
+    }
+
+    /// The encoding of pushed events: the one chosen at connect, else that of the client's
+    /// first frame, else JSON.
+    pub fn event_format(&self) -> Format {
+        match self.format.load(Ordering::Relaxed) {
+            2 => Format::MsgPack,
+            _ => Format::Json,
+        }
+    }
+
+    /// Records the encoding of a frame the client sent; only the first one counts.
+    pub fn saw_client_format(&self, f: Format) {
+        let v = if f == Format::MsgPack { 2 } else { 1 };
+        let _ = self
+            .format
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Queues a data frame. Returns false when the connection is closing or the queue was full;
@@ -495,7 +523,7 @@ mod tests {
             let wires: Vec<_> = (0..=n).map(|_| fake(1 << 20)).collect();
             let boxes: Vec<_> = wires
                 .iter()
-                .map(|w| Outbox::new(8, Some(Box::new(w.clone()))))
+                .map(|w| Outbox::new(8, None, Some(Box::new(w.clone()))))
                 .collect();
             for ob in &boxes[..n - 1] {
                 ob.push(frame());
@@ -555,7 +583,7 @@ mod tests {
 
     #[test]
     fn overflow_cuts_the_reader_off_with_a_clear_code() {
-        let o = Outbox::new(2, None);
+        let o = Outbox::new(2, None, None);
         assert!(o.push(frame()));
         assert!(o.push(frame()));
         assert!(!o.push(frame()));
@@ -570,7 +598,7 @@ mod tests {
     #[test]
     fn a_flush_writes_everything_queued_in_order_and_resumes_after_a_partial_write() {
         let w = fake(5);
-        let o = Outbox::new(10, Some(Box::new(w.clone())));
+        let o = Outbox::new(10, None, Some(Box::new(w.clone())));
         let frames: Vec<OutFrame> = (0..3)
             .map(|i| OutFrame::new(format!("{{\"n\":{i}}}").as_bytes(), false))
             .collect();
@@ -588,7 +616,7 @@ mod tests {
     #[test]
     fn overflow_finishes_a_frame_the_socket_has_begun_before_the_close() {
         let w = fake(3);
-        let o = Outbox::new(2, Some(Box::new(w.clone())));
+        let o = Outbox::new(2, None, Some(Box::new(w.clone())));
         let f = OutFrame::new(b"[1,2,3,4]", false);
         o.push(f.clone());
         assert_eq!(o.flush(), Flushed::Blocked);
@@ -612,7 +640,7 @@ mod tests {
     #[test]
     fn close_writes_the_queue_then_the_close_frame_then_shuts_down() {
         let w = fake(1 << 20);
-        let o = Outbox::new(10, Some(Box::new(w.clone())));
+        let o = Outbox::new(10, None, Some(Box::new(w.clone())));
         o.push(frame());
         o.close(CLOSE_USER_DISABLED, "user is no longer active");
         assert!(!o.push(frame()), "nothing is queued after the close");
@@ -638,7 +666,7 @@ mod tests {
 
     #[test]
     fn a_flush_that_finds_the_peer_gone_ends_the_writer_too() {
-        let o = Outbox::new(10, Some(Box::new(DeadWire)));
+        let o = Outbox::new(10, None, Some(Box::new(DeadWire)));
         let woken = Arc::new(AtomicUsize::new(0));
         struct Count(Arc<AtomicUsize>);
         impl std::task::Wake for Count {
@@ -660,7 +688,7 @@ mod tests {
 
     #[test]
     fn the_writer_is_needed_only_for_what_no_flush_will_write() {
-        let o = Outbox::new(10, Some(Box::new(fake(0))));
+        let o = Outbox::new(10, None, Some(Box::new(fake(0))));
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(o.poll_needed(&mut cx).is_pending());
