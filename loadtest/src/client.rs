@@ -197,27 +197,23 @@ impl Client {
         source: Option<IpAddr>,
         tap: Option<Tap>,
     ) -> Result<Client, ConnectError> {
-        let addr = socket_addr_of(url).map_err(ConnectError::other)?;
-        let tcp = match source {
-            None => TcpStream::connect(addr)
-                .await
-                .map_err(ConnectError::other)?,
-            Some(ip) => {
-                let socket = if ip.is_ipv4() {
-                    TcpSocket::new_v4()
-                } else {
-                    TcpSocket::new_v6()
-                }
-                .map_err(ConnectError::other)?;
-                socket
-                    .bind(SocketAddr::new(ip, 0))
-                    .map_err(ConnectError::other)?;
-                socket.connect(addr).await.map_err(ConnectError::other)?
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (read, write) = handshake(url, tcp).await?;
-        Ok(Self::from_halves(read, write, format, tap))
+        let tcp = tcp_connect(url, source).await?;
+        let raw = upgrade(url, tcp).await?;
+        Ok(Self::from_raw(raw, format, tap))
+    }
+
+    /// A client over a connection upgraded already (e.g. one that [`crate::reactor`] read for a
+    /// while); `tap`, if any, sees pushed frames first.
+    pub fn from_raw(raw: RawConn, format: WireFormat, tap: Option<Tap>) -> Client {
+        let (r, w) = raw.tcp.into_split();
+        let (mut read, write) = fastwebsockets::after_handshake_split(
+            Cursor::new(raw.pending).chain(r),
+            w,
+            fastwebsockets::Role::Client,
+        );
+        // Pings come to the reader, which answers them only while it is not paused.
+        read.set_auto_pong(false);
+        Self::from_halves(FragmentCollectorRead::new(read), write, format, tap)
     }
 
     fn from_halves(
@@ -375,12 +371,46 @@ impl Drop for Client {
     }
 }
 
-/// Runs the HTTP upgrade on `tcp` and splits the socket into the reader's and the writers' halves.
-/// A refused upgrade keeps its HTTP status.
-async fn handshake(
-    url: &str,
-    tcp: TcpStream,
-) -> Result<(WsRead, WebSocketWrite<OwnedWriteHalf>), ConnectError> {
+/// A WebSocket connection right after the upgrade, before any client reads it: the socket, and
+/// the bytes read past the handshake (or past the last whole frame) that belong to it.
+pub struct RawConn {
+    pub tcp: TcpStream,
+    pub pending: Bytes,
+}
+
+/// Connects and upgrades, and hands the connection over raw (to [`crate::reactor`]).
+pub async fn connect_raw(url: &str, source: Option<IpAddr>) -> Result<RawConn, ConnectError> {
+    let tcp = tcp_connect(url, source).await?;
+    upgrade(url, tcp).await
+}
+
+/// Opens the TCP connection for `url`, from `source` if given, without Nagle's delay.
+async fn tcp_connect(url: &str, source: Option<IpAddr>) -> Result<TcpStream, ConnectError> {
+    let addr = socket_addr_of(url).map_err(ConnectError::other)?;
+    let tcp = match source {
+        None => TcpStream::connect(addr)
+            .await
+            .map_err(ConnectError::other)?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(ConnectError::other)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(ConnectError::other)?;
+            socket.connect(addr).await.map_err(ConnectError::other)?
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Runs the HTTP upgrade on `tcp` and takes the plain socket back out of the HTTP layer, with
+/// whatever it read past the response. A refused upgrade keeps its HTTP status.
+async fn upgrade(url: &str, tcp: TcpStream) -> Result<RawConn, ConnectError> {
     let uri: Uri = url.parse().map_err(ConnectError::other)?;
     let authority = uri
         .authority()
@@ -414,15 +444,10 @@ async fn handshake(
         .into_inner()
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| ConnectError::other(anyhow!("upgraded connection is not a TCP stream")))?;
-    let (r, w) = parts.io.into_inner().into_split();
-    let (mut read, write) = fastwebsockets::after_handshake_split(
-        Cursor::new(parts.read_buf).chain(r),
-        w,
-        fastwebsockets::Role::Client,
-    );
-    // Pings come to the reader, which answers them only while it is not paused.
-    read.set_auto_pong(false);
-    Ok((FragmentCollectorRead::new(read), write))
+    Ok(RawConn {
+        tcp: parts.io.into_inner(),
+        pending: parts.read_buf,
+    })
 }
 
 /// Runs the HTTP connection of a handshake on the tokio runtime until the upgrade completes.

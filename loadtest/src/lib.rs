@@ -10,6 +10,7 @@ pub mod floor;
 pub mod live;
 pub mod net;
 pub mod publisher;
+pub mod reactor;
 pub mod receivers;
 pub mod report;
 pub mod stats;

@@ -1,6 +1,7 @@
 //! Where connections go and come from: loopback-only targets, several server URLs (cluster nodes),
 //! several 127.0.0.x source addresses, and connecting in paced batches.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{ws_url, Client, Tap, WireFormat};
+use crate::client::{ws_url, Client, RawConn, Tap, WireFormat};
 use crate::stats::{Errors, Latency};
 
 /// Where the tool connects: one or more WebSocket bases (one per cluster node), all on loopback.
@@ -74,6 +75,14 @@ impl Target {
         let url = ws_url(base, token, self.format());
         let source = self.source_for(base, index);
         Ok(Client::connect_url_tapped(&url, self.format(), source, tap).await?)
+    }
+
+    /// Opens connection number `index` and hands it over raw, right after its upgrade.
+    pub async fn connect_raw(&self, index: usize, token: &str) -> anyhow::Result<RawConn> {
+        let base = &self.urls[index % self.urls.len()];
+        let url = ws_url(base, token, self.format());
+        let source = self.source_for(base, index);
+        Ok(crate::client::connect_raw(&url, source).await?)
     }
 
     fn source_for(&self, base: &str, index: usize) -> Option<IpAddr> {
@@ -192,21 +201,60 @@ pub async fn connect_all(
     on_ok: &(dyn Fn() + Sync),
     tap: &(dyn Fn(usize) -> Option<Tap> + Sync),
 ) -> (Vec<Option<Arc<Client>>>, ConnectStats) {
+    let (clients, stats) = connect_paced(tokens, pacing, deadline, on_ok, |slot, token| {
+        let target = target.clone();
+        let tap = tap(slot);
+        async move { target.connect_tapped(first_index + slot, &token, tap).await }
+    })
+    .await;
+    (
+        clients.into_iter().map(|c| c.map(Arc::new)).collect(),
+        stats,
+    )
+}
+
+/// Like [`connect_all`], but hands each connection over raw, right after its upgrade (for
+/// [`crate::reactor`]).
+pub async fn connect_all_raw(
+    target: &Target,
+    tokens: &[String],
+    first_index: usize,
+    pacing: Pacing,
+    deadline: Instant,
+    on_ok: &(dyn Fn() + Sync),
+) -> (Vec<Option<RawConn>>, ConnectStats) {
+    connect_paced(tokens, pacing, deadline, on_ok, |slot, token| {
+        let target = target.clone();
+        async move { target.connect_raw(first_index + slot, &token).await }
+    })
+    .await
+}
+
+/// The paced batches of both: `connect(slot, token)` opens one connection.
+async fn connect_paced<T, F, Fut>(
+    tokens: &[String],
+    pacing: Pacing,
+    deadline: Instant,
+    on_ok: &(dyn Fn() + Sync),
+    connect: F,
+) -> (Vec<Option<T>>, ConnectStats)
+where
+    F: Fn(usize, String) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
     let started = Instant::now();
     let mut stats = ConnectStats::default();
-    let mut clients = Vec::with_capacity(tokens.len());
+    let mut conns = Vec::with_capacity(tokens.len());
     for (b, chunk) in tokens.chunks(pacing.batch.max(1)).enumerate() {
         if Instant::now() >= deadline {
             break;
         }
         let slot = b * pacing.batch.max(1);
-        let base = first_index + slot;
         let results = futures_util::future::join_all(chunk.iter().enumerate().map(|(i, t)| {
-            let target = target.clone();
-            let tap = tap(slot + i);
+            let fut = connect(slot + i, t.clone());
             async move {
                 let t0 = Instant::now();
-                let r = target.connect_tapped(base + i, t, tap).await;
+                let r = fut.await;
                 (r, t0.elapsed())
             }
         }))
@@ -218,11 +266,11 @@ pub async fn connect_all(
                     stats.ok += 1;
                     stats.handshake.record_ns(took.as_nanos() as u64);
                     on_ok();
-                    clients.push(Some(Arc::new(c)));
+                    conns.push(Some(c));
                 }
                 Err(e) => {
                     *stats.errors.entry(connect_error_kind(&e)).or_default() += 1;
-                    clients.push(None);
+                    conns.push(None);
                 }
             }
         }
@@ -230,9 +278,9 @@ pub async fn connect_all(
             tokio::time::sleep(Duration::from_millis(pacing.pause_ms)).await;
         }
     }
-    clients.resize_with(tokens.len(), || None);
+    conns.resize_with(tokens.len(), || None);
     stats.elapsed_s = started.elapsed().as_secs_f64();
-    (clients, stats)
+    (conns, stats)
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{Client, Data, Incoming, Tap};
+use crate::client::{Client, Data, Incoming, Tap, WireFormat};
 use crate::clock;
 use crate::live::Live;
-use crate::net::{connect_all, ConnectStats, Pacing, Target};
+use crate::net::{connect_all, connect_all_raw, ConnectStats, Pacing, Target};
+use crate::reactor::Reactor;
 use crate::stats::{Errors, Latency, SeqSet};
 
 /// One receiving connection: whose token, and which conversations it must see all of.
@@ -38,6 +39,10 @@ pub struct ReceiverJob {
     pub members: Vec<ReceiverSpec>,
     /// Hard bound on the connection phase, seconds.
     pub connect_timeout_s: f64,
+    /// The receivers only read during the run (nothing sends on their connections): one
+    /// thread reads them all ([`crate::reactor`]) instead of a task per connection.
+    #[serde(default)]
+    pub pure: bool,
 }
 
 /// Loss accounting: acked messages each receiver should have seen, and what became of them.
@@ -107,13 +112,13 @@ impl ReceiverResult {
 
 /// What one connection saw.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// Fx-hashed: looked up on every delivery, and the keys are the server's ids.
-    per_conv: FxHashMap<String, SeqSet>,
-    deliveries: u64,
-    duplicates: u64,
-    closed: Option<String>,
-    origin_ns: Option<u64>,
+    pub(crate) per_conv: FxHashMap<String, SeqSet>,
+    pub(crate) deliveries: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) closed: Option<String>,
+    pub(crate) origin_ns: Option<u64>,
 }
 
 /// Latency histograms are big (~170 KiB); connections share a few shards instead of one each.
@@ -131,6 +136,9 @@ pub struct LocalReceivers {
     stop: watch::Sender<bool>,
     connect: ConnectStats,
     latency: Arc<Vec<Mutex<Latency>>>,
+    /// The thread that reads pure receivers (then `clients` are all None until the end).
+    reactor: Option<Reactor>,
+    format: WireFormat,
 }
 
 impl LocalReceivers {
@@ -141,6 +149,32 @@ impl LocalReceivers {
         let live2 = live.clone();
         let latency: Arc<Vec<Mutex<Latency>>> =
             Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
+        let (stop, _) = watch::channel(false);
+        let format = job.target.format();
+        if job.pure {
+            let (raws, connect) = connect_all_raw(
+                &job.target,
+                &tokens,
+                job.first_index,
+                job.pacing,
+                deadline,
+                &move || Live::bump(&live2.connects),
+            )
+            .await;
+            let n = raws.len();
+            let reactor = Reactor::start(raws, live).expect("starting the receivers' thread");
+            return LocalReceivers {
+                clients: vec![None; n],
+                specs: job.members.clone(),
+                seen: (0..n).map(|_| Arc::default()).collect(),
+                tasks: (0..n).map(|_| None).collect(),
+                stop,
+                connect,
+                latency,
+                reactor: Some(reactor),
+                format,
+            };
+        }
         let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
         let make_tap = |i: usize| -> Option<Tap> {
             let (seen, live, latency) = (seen[i].clone(), live.clone(), latency.clone());
@@ -158,7 +192,7 @@ impl LocalReceivers {
             &make_tap,
         )
         .await;
-        let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = stop.subscribe();
         let tasks = clients
             .iter()
             .enumerate()
@@ -183,6 +217,8 @@ impl LocalReceivers {
             stop,
             connect,
             latency,
+            reactor: None,
+            format,
         }
     }
 
@@ -211,14 +247,31 @@ impl LocalReceivers {
             ..Default::default()
         };
         let mut work = Vec::new();
-        let slots = self.clients.into_iter().zip(self.specs).zip(self.tasks);
-        for (((client, spec), task), seen) in slots.zip(self.seen) {
-            if let Some(t) = task {
-                let _ = t.await;
+        if let Some(reactor) = self.reactor {
+            // Pure receivers become clients again, for the sync.
+            match reactor.finish() {
+                Ok((finished, latency)) => {
+                    result.latency.merge(&latency);
+                    for (f, spec) in finished.into_iter().zip(self.specs) {
+                        let client = f
+                            .raw
+                            .map(|raw| Arc::new(Client::from_raw(raw, self.format, None)));
+                        work.push((client, spec, f.seen));
+                    }
+                }
+                Err(e) => eprintln!("receivers: {e:#}"),
             }
-            // Events that still arrive (during the sync below) go to a fresh, discarded record.
-            let seen = std::mem::take(&mut *seen.lock().unwrap());
-            work.push((client, spec, seen));
+        } else {
+            let slots = self.clients.into_iter().zip(self.specs).zip(self.tasks);
+            for (((client, spec), task), seen) in slots.zip(self.seen) {
+                if let Some(t) = task {
+                    let _ = t.await;
+                }
+                // Events that still arrive (during the sync below) go to a fresh, discarded
+                // record.
+                let seen = std::mem::take(&mut *seen.lock().unwrap());
+                work.push((client, spec, seen));
+            }
         }
         let checked: Vec<(Seen, Loss)> = futures_util::stream::iter(work)
             .map(|(client, spec, mut seen)| async move {
@@ -263,33 +316,34 @@ pub fn body_stamp(body: &Value) -> Option<u64> {
 
 /// The fields of a `message` event that receivers look at; the rest is skipped unread.
 #[derive(Deserialize)]
-struct MessagePeek<'a> {
+pub(crate) struct MessagePeek<'a> {
     #[serde(borrow)]
-    ev: Cow<'a, str>,
+    pub(crate) ev: Cow<'a, str>,
     #[serde(borrow)]
-    conv: Cow<'a, str>,
-    seq: u64,
+    pub(crate) conv: Cow<'a, str>,
+    pub(crate) seq: u64,
     #[serde(borrow, default)]
-    body: Option<BodyPeek<'a>>,
+    pub(crate) body: Option<BodyPeek<'a>>,
     #[serde(default)]
-    origin: Option<IgnoredAny>,
+    pub(crate) origin: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
-struct BodyPeek<'a> {
+pub(crate) struct BodyPeek<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    pub(crate) text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    announcement: Option<AnnouncementPeek<'a>>,
+    pub(crate) announcement: Option<AnnouncementPeek<'a>>,
 }
 
 #[derive(Deserialize)]
-struct AnnouncementPeek<'a> {
+pub(crate) struct AnnouncementPeek<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    pub(crate) text: Option<Cow<'a, str>>,
 }
 
-fn peek(msg: Data<'_>) -> Option<MessagePeek<'_>> {
+/// The fields of a `message` event, read without decoding the rest; None for anything else.
+pub(crate) fn peek(msg: Data<'_>) -> Option<MessagePeek<'_>> {
     let p: MessagePeek = match msg {
         Data::Text(t) => serde_json::from_str(t).ok()?,
         Data::Binary(b) => rmp_serde::from_slice(b).ok()?,

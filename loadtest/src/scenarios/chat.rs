@@ -64,6 +64,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
             })
             .collect(),
         connect_timeout_s: 300.0,
+        pure: false,
     };
     let mut rx = LocalReceivers::start(&job, live.clone()).await;
     let clients = rx.clients().to_vec();

@@ -54,6 +54,7 @@ impl Ctx {
             pacing: self.pacing,
             members,
             connect_timeout_s: 300.0,
+            pure: true,
         };
         crate::pool::Pool::start(
             job,
