@@ -59,6 +59,23 @@ struct Entry {
 /// was one more cache miss per member of a fan-out).
 type Entries = SmallVec<[Entry; 1]>;
 
+/// Fan-outs to this many members or more are written in accept order (see [`Hub::deliver`]).
+const ORDERED_FROM: usize = 64;
+
+thread_local! {
+    /// The connections of the fan-out in progress, sorted by connection id; kept per thread
+    /// so that its storage is reused.
+    static ORDER: std::cell::RefCell<Vec<(u64, Arc<Outbox>)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Queues a member's frames of `events`, in the connection's format.
+fn push_events(outbox: &Arc<Outbox>, events: &[Arc<SharedEvent>]) -> u64 {
+    let format = outbox.event_format();
+    outbox.push_all_uncounted(events.iter().map(|e| e.frame(format)))
+}
+
 /// Live connections of this node, by user id.
 #[derive(Default)]
 pub struct Hub {
@@ -105,17 +122,34 @@ impl Hub {
     /// reference count, no copy of the payload per recipient). Several events go member by
     /// member: all of a member's frames are queued before the next member's, so that the
     /// outbox, which writes a fan-out in batches as it goes, sends each member one write.
+    ///
+    /// A large fan-out goes in the order the connections were accepted, not in the order of
+    /// the member list (user ids, random): the kernel allocated the sockets' memory in accept
+    /// order, and writing them in that order costs it a fifth less per write (4.1 against 5.1
+    /// µs on this machine's loopback with 9,500 sockets: `floor` written in either order).
     pub fn deliver(&self, recipients: &[Id], events: &[Arc<SharedEvent>]) -> u64 {
         let mut n = 0;
-        for user in recipients {
-            if let Some(conns) = self.by_user.get(user) {
-                for c in conns.iter() {
-                    let format = c.outbox.event_format();
-                    n += c
-                        .outbox
-                        .push_all_uncounted(events.iter().map(|e| e.frame(format)));
+        if recipients.len() < ORDERED_FROM {
+            for user in recipients {
+                if let Some(conns) = self.by_user.get(user) {
+                    for c in conns.iter() {
+                        n += push_events(&c.outbox, events);
+                    }
                 }
             }
+        } else {
+            ORDER.with(|order| {
+                let mut order = order.borrow_mut();
+                for user in recipients {
+                    if let Some(conns) = self.by_user.get(user) {
+                        order.extend(conns.iter().map(|c| (c.conn.id, c.outbox.clone())));
+                    }
+                }
+                order.sort_unstable_by_key(|(id, _)| *id);
+                for (_, outbox) in order.drain(..) {
+                    n += push_events(&outbox, events);
+                }
+            });
         }
         metrics::counter!("kaiwa_frames_out_total").increment(n);
         n
@@ -155,5 +189,66 @@ mod tests {
         hub.unregister(&c);
         assert!(!hub.is_online("u"));
         assert_eq!(hub.deliver(&["u".into()], &ev), 0);
+    }
+
+    /// Records which connection each write went to.
+    struct LogWire {
+        conn: u64,
+        log: Arc<parking_lot::Mutex<Vec<u64>>>,
+    }
+
+    impl Wire for LogWire {
+        fn try_write(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            self.log.lock().push(self.conn);
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn shutdown(&self) {}
+    }
+
+    #[test]
+    fn a_large_fan_out_goes_in_accept_order() {
+        actix::System::new().block_on(async {
+            let hub = Hub::new();
+            let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let n = ORDERED_FROM as u64 + 36;
+            // Connection ids grow with accept order; user ids sort the other way round.
+            let mut recipients = Vec::new();
+            for id in 1..=n {
+                let user = format!("u{:04}", n - id);
+                let wire = LogWire {
+                    conn: id,
+                    log: log.clone(),
+                };
+                let format = Some(crate::protocol::Format::Json);
+                hub.register(Arc::new(Conn::new(
+                    id,
+                    user.clone(),
+                    8,
+                    format,
+                    Some(Box::new(wire)),
+                )));
+                recipients.push(user);
+            }
+            recipients.sort();
+            let ev = [Arc::new(SharedEvent::new(
+                crate::protocol::Event::MemberAdded {
+                    conv: "c".into(),
+                    user: "v".into(),
+                },
+            ))];
+            assert_eq!(hub.deliver(&recipients, &ev), n);
+            for _ in 0..10 {
+                actix::clock::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let written = log.lock().clone();
+            assert_eq!(written, (1..=n).collect::<Vec<_>>());
+            // A small one goes in the member list's order.
+            log.lock().clear();
+            assert_eq!(hub.deliver(&recipients[..3], &ev), 3);
+            for _ in 0..10 {
+                actix::clock::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(*log.lock(), vec![n, n - 1, n - 2]);
+        });
     }
 }
