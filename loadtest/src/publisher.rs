@@ -1,6 +1,7 @@
 //! Sending side of a run: one publisher sends stamped messages into one conversation, at a fixed
 //! rate or as fast as a bounded window of un-acked sends allows, and records acks.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,32 @@ pub struct PublishPlan {
     /// Makes `client_msg_id`s unique across publishers and runs.
     pub id_prefix: String,
     pub body: BodyKind,
+    /// At max rate, also wait for the receivers: see [`DeliveryBound`].
+    pub delivery_bound: Option<DeliveryBound>,
 }
+
+/// At max rate, the readers set the pace: a publisher waits while more than `messages` acked
+/// messages (of every publisher of the run, counted in [`Live`]) have not yet reached all
+/// `receivers`. Acks come once a message is durable, long before a thousand readers have read
+/// it, so a window of un-acked sends alone lets a publisher outrun a busy tool, and the node
+/// then rightly cuts the readers that fall too far behind off as slow consumers.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliveryBound {
+    pub receivers: u64,
+    pub messages: u64,
+}
+
+impl DeliveryBound {
+    /// Acked messages not yet delivered to every receiver, as counted so far.
+    pub fn undelivered(&self, live: &Live) -> u64 {
+        let owed = live.acked.load(Relaxed) * self.receivers;
+        owed.saturating_sub(live.deliveries.load(Relaxed)) / self.receivers.max(1)
+    }
+}
+
+/// How long a send answered `rate_limited` holds its place in the window: a client told to slow
+/// down does, instead of retrying at once (each refusal costs the node a request).
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(10);
 
 /// What a publisher measured.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -112,6 +138,11 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
             }
             tokio::time::sleep_until(due.into()).await;
         }
+        if let (None, Some(bound)) = (plan.rate, plan.delivery_bound) {
+            while bound.undelivered(&live) > bound.messages && Instant::now() < plan.until {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore open"),
             _ = tokio::time::sleep_until(plan.until.into()) => break,
@@ -129,35 +160,9 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
             Live::bump(&live.sent);
             let reply = client.request("send", params).await;
             let took = t0.elapsed().as_nanos() as u64;
-            let mut r = result.lock().unwrap();
-            r.sent += 1;
-            match reply {
-                Ok(Ok(ok)) => match ok.get("seq").and_then(Value::as_u64) {
-                    Some(seq) => {
-                        r.acked.push(seq);
-                        if !warmup {
-                            live.ack_latency.lock().unwrap().record_ns(took);
-                        }
-                        Live::bump(&live.acked);
-                    }
-                    None => {
-                        *r.errors.entry("ack_without_seq".into()).or_default() += 1;
-                        Live::bump(&live.errors);
-                    }
-                },
-                Ok(Err(e)) => {
-                    *r.errors.entry(e.code).or_default() += 1;
-                    Live::bump(&live.errors);
-                }
-                Err(e) => {
-                    let kind = if e.to_string().contains("no reply") {
-                        "timeout"
-                    } else {
-                        "transport"
-                    };
-                    *r.errors.entry(kind.into()).or_default() += 1;
-                    Live::bump(&live.errors);
-                }
+            let limited = record_reply(&result, &live, reply, took, warmup);
+            if limited {
+                tokio::time::sleep(RATE_LIMITED_PAUSE).await;
             }
             drop(permit);
         });
@@ -171,6 +176,49 @@ pub async fn publish(client: Arc<Client>, plan: PublishPlan, live: Arc<Live>) ->
     let mut r = std::mem::take(&mut *result.lock().unwrap());
     r.acked.sort_unstable();
     r
+}
+
+/// Counts one send's reply; true when the server said `rate_limited`.
+fn record_reply(
+    result: &Mutex<PublishResult>,
+    live: &Live,
+    reply: anyhow::Result<Result<Value, crate::client::ErrorBody>>,
+    took: u64,
+    warmup: bool,
+) -> bool {
+    let mut r = result.lock().unwrap();
+    r.sent += 1;
+    match reply {
+        Ok(Ok(ok)) => match ok.get("seq").and_then(Value::as_u64) {
+            Some(seq) => {
+                r.acked.push(seq);
+                if !warmup {
+                    live.ack_latency.lock().unwrap().record_ns(took);
+                }
+                Live::bump(&live.acked);
+            }
+            None => {
+                *r.errors.entry("ack_without_seq".into()).or_default() += 1;
+                Live::bump(&live.errors);
+            }
+        },
+        Ok(Err(e)) => {
+            let limited = e.code == "rate_limited";
+            *r.errors.entry(e.code).or_default() += 1;
+            Live::bump(&live.errors);
+            return limited;
+        }
+        Err(e) => {
+            let kind = if e.to_string().contains("no reply") {
+                "timeout"
+            } else {
+                "transport"
+            };
+            *r.errors.entry(kind.into()).or_default() += 1;
+            Live::bump(&live.errors);
+        }
+    }
+    false
 }
 
 /// Reads and discards a connection's events (publishers' own echoes), so their queue never fills.

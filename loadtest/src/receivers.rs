@@ -139,6 +139,9 @@ pub struct LocalReceivers {
     /// The thread that reads pure receivers (then `clients` are all None until the end).
     reactor: Option<Reactor>,
     format: WireFormat,
+    /// Where the receivers connected, for reconnecting those cut off before the final sync.
+    target: Target,
+    first_index: usize,
 }
 
 impl LocalReceivers {
@@ -173,6 +176,8 @@ impl LocalReceivers {
                 latency,
                 reactor: Some(reactor),
                 format,
+                target: job.target.clone(),
+                first_index: job.first_index,
             };
         }
         let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
@@ -219,6 +224,8 @@ impl LocalReceivers {
             latency,
             reactor: None,
             format,
+            target: job.target.clone(),
+            first_index: job.first_index,
         }
     }
 
@@ -273,8 +280,19 @@ impl LocalReceivers {
                 work.push((client, spec, seen));
             }
         }
-        let checked: Vec<(Seen, Loss)> = futures_util::stream::iter(work)
-            .map(|(client, spec, mut seen)| async move {
+        let (target, first_index) = (&self.target, self.first_index);
+        let checked: Vec<(Seen, Loss)> = futures_util::stream::iter(work.into_iter().enumerate())
+            .map(|(i, (client, spec, mut seen))| async move {
+                // A receiver the server cut off (a slow consumer) or that never got in syncs on
+                // a new connection, as a real client would after reconnecting.
+                let client = match client {
+                    Some(c) if seen.closed.is_none() => Some(c),
+                    _ => target
+                        .connect(first_index + i, &spec.token)
+                        .await
+                        .ok()
+                        .map(Arc::new),
+                };
                 let loss = check(client.as_deref(), &spec, &mut seen, acked).await;
                 if let Some(c) = client {
                     if let Ok(c) = Arc::try_unwrap(c) {

@@ -26,6 +26,7 @@ async fn loss_counter_reports_exactly_the_dropped_messages() {
     let base = common::start(common::FakeConfig {
         drop_seqs: HashSet::from([3, 7, 11]),
         delay: Duration::ZERO,
+        cut_at: None,
     })
     .await;
     let ctx = ctx(&base, WireFormat::Json, 0.5);
@@ -56,6 +57,7 @@ async fn latency_histogram_sees_the_delivery_delay() {
     let base = common::start(common::FakeConfig {
         drop_seqs: HashSet::new(),
         delay: Duration::from_millis(20),
+        cut_at: None,
     })
     .await;
     let ctx = ctx(&base, WireFormat::MsgPack, 0.5);
@@ -114,6 +116,7 @@ async fn receivers_spread_over_worker_processes() {
     let base = common::start(common::FakeConfig {
         drop_seqs: HashSet::from([2]),
         delay: Duration::ZERO,
+        cut_at: None,
     })
     .await;
     let mut ctx = ctx(&base, WireFormat::Json, 0.5);
@@ -154,4 +157,52 @@ fn floor_reads_every_record_and_times_the_rounds() {
     assert_eq!(report.delivery_latency.count, report.sent);
     assert!(report.delivery_latency.max_ms < 1000.0);
     assert!(report.extra["write_cpu_us"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_cut_off_sync_on_a_new_connection() {
+    let base = common::start(common::FakeConfig {
+        cut_at: Some(5),
+        ..Default::default()
+    })
+    .await;
+    let ctx = ctx(&base, WireFormat::Json, 0.5);
+    let plan = fanout::plan_for("g4".into(), &tokens("y", 5), 1);
+    let opts = fanout::FanoutOpts {
+        rate: Some(40.0),
+        window: 4,
+    };
+    let report = fanout::run(&ctx, &plan, &opts).await.unwrap();
+    let receivers = 4;
+    assert!(report.acked > 8, "acked only {}", report.acked);
+    assert_eq!(
+        report.closed_by_server,
+        BTreeMap::from([("4008".to_string(), receivers)])
+    );
+    // Seqs 1-4 arrived live; 5 and everything after came back by sync on new connections.
+    assert_eq!(report.deliveries, 4 * receivers);
+    assert_eq!(report.loss.missed_live, (report.acked - 4) * receivers);
+    assert_eq!(report.loss.recovered_by_sync, report.loss.missed_live);
+    assert_eq!((report.loss.lost, report.loss.sync_failures), (0, 0));
+}
+
+#[test]
+fn a_max_rate_publisher_waits_for_the_readers() {
+    use kaiwa_loadtest::live::Live;
+    use kaiwa_loadtest::publisher::DeliveryBound;
+    use std::sync::atomic::Ordering::Relaxed;
+    let live = Live::default();
+    let bound = DeliveryBound {
+        receivers: 10,
+        messages: 3,
+    };
+    live.acked.store(5, Relaxed);
+    live.deliveries.store(20, Relaxed);
+    assert_eq!(
+        bound.undelivered(&live),
+        3,
+        "30 deliveries owed: 3 messages"
+    );
+    live.deliveries.store(50, Relaxed);
+    assert_eq!(bound.undelivered(&live), 0);
 }

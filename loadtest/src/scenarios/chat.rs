@@ -130,6 +130,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
                 max_messages: None,
                 id_prefix: format!("{}-c{i}", ctx.run_id),
                 body: BodyKind::Text,
+                delivery_bound: None,
             };
             let c = clients[*i].clone().expect("filtered");
             (conv.clone(), tokio::spawn(publish(c, plan, live.clone())))

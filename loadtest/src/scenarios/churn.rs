@@ -86,6 +86,7 @@ pub async fn run(ctx: &Ctx, plan: &ChurnPlan, opts: &ChurnOpts) -> anyhow::Resul
             max_messages: None,
             id_prefix: format!("{}-churn", ctx.run_id),
             body: BodyKind::Text,
+            delivery_bound: None,
         },
         live.clone(),
     ));

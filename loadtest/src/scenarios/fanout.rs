@@ -12,7 +12,7 @@ use super::{create_users, Ctx};
 use crate::admin::Admin;
 use crate::cpu::CpuWatch;
 use crate::live::{wait_deliveries, Live, Sampler};
-use crate::publisher::{drain, publish, BodyKind, PublishPlan, PublishResult};
+use crate::publisher::{drain, publish, BodyKind, DeliveryBound, PublishPlan, PublishResult};
 use crate::receivers::ReceiverSpec;
 use crate::report::Report;
 
@@ -118,6 +118,10 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
     let started = Instant::now();
     let until = started + ctx.duration;
     let per_pub_rate = opts.rate.map(|r| r / pubs.len() as f64);
+    let delivery_bound = Some(DeliveryBound {
+        receivers: pool.connect_stats().ok,
+        messages: (opts.window * pubs.len()) as u64,
+    });
     let tasks: Vec<_> = pubs
         .iter()
         .enumerate()
@@ -133,6 +137,7 @@ pub async fn run(ctx: &Ctx, plan: &FanoutPlan, opts: &FanoutOpts) -> anyhow::Res
                 max_messages: None,
                 id_prefix: format!("{}-p{i}", ctx.run_id),
                 body: BodyKind::Text,
+                delivery_bound,
             };
             tokio::spawn(publish(c.clone(), plan, live.clone()))
         })

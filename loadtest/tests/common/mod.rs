@@ -23,13 +23,17 @@ pub struct FakeConfig {
     pub drop_seqs: HashSet<u64>,
     /// How long every live delivery waits before it is pushed.
     pub delay: Duration,
+    /// Instead of delivering this seq, close every session but the sender's with 4008 (as a
+    /// slow consumer); the message and all later ones are still stored for sync.
+    pub cut_at: Option<u64>,
 }
 
 #[derive(Default)]
 struct State {
     convs: std::collections::HashMap<String, Vec<Value>>,
     next_seq: std::collections::HashMap<String, u64>,
-    sessions: Vec<(mpsc::UnboundedSender<Message>, bool)>,
+    /// (writer, MessagePack?, user) of every session.
+    sessions: Vec<(mpsc::UnboundedSender<Message>, bool, String)>,
 }
 
 /// Starts the fake server on 127.0.0.1 and returns its `ws://` base URL.
@@ -82,7 +86,11 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<State>>, config: Arc
     };
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    state.lock().unwrap().sessions.push((tx.clone(), msgpack));
+    state
+        .lock()
+        .unwrap()
+        .sessions
+        .push((tx.clone(), msgpack, user.clone()));
     let session = tx.clone();
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
@@ -127,7 +135,7 @@ async fn serve(tcp: tokio::net::TcpStream, state: Arc<Mutex<State>>, config: Arc
         .lock()
         .unwrap()
         .sessions
-        .retain(|(s, _)| !s.same_channel(&session));
+        .retain(|(s, _, _)| !s.same_channel(&session));
 }
 
 fn with_re(mut v: Value, id: u64) -> Value {
@@ -147,7 +155,20 @@ fn handle_send(frame: &Value, user: &str, state: &Mutex<State>, config: &FakeCon
         "conv": conv, "seq": seq, "msg_id": format!("m{seq}"), "from": user,
         "ts": 0, "body": frame["body"].clone(),
     });
-    if !config.drop_seqs.contains(&seq) {
+    if config.cut_at == Some(seq) {
+        st.convs.entry(conv).or_default().push(msg);
+        let (cut, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.sessions)
+            .into_iter()
+            .partition(|(_, _, u)| u != user);
+        st.sessions = kept;
+        for (tx, _, _) in cut {
+            let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 4008.into(),
+                reason: "slow consumer".into(),
+            };
+            let _ = tx.send(Message::Close(Some(close)));
+        }
+    } else if !config.drop_seqs.contains(&seq) {
         st.convs.entry(conv).or_default().push(msg.clone());
         let mut event = msg;
         event["ev"] = json!("message");
@@ -157,7 +178,7 @@ fn handle_send(frame: &Value, user: &str, state: &Mutex<State>, config: &FakeCon
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            for (tx, binary) in targets {
+            for (tx, binary, _) in targets {
                 let _ = tx.send(encode(&event, binary));
             }
         });
