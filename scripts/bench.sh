@@ -8,7 +8,7 @@
 #
 # --quick: shorter runs and smaller groups, for trying the script. --only NAME: one scenario
 # (fanout_max, fanout_1k_100, fanout_stalled, fanout_max_stalled, fanout_10k_10, floor_1k_100,
-# floor_10k_10, chat_max,
+# floor_10k_10, floor_10k_10_shuffled, chat_max,
 # chat_half, chat_half_own, connect, churn, tree). --cluster: the same suite against a 3-node cluster (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -202,6 +202,8 @@ if want fanout_10k_10; then CMD[fanout_10k_10]="--duration $D $W fanout -n $BIG 
 FLOOR_PIN="--send-cpu 0 --recv-cpu 1"
 if want floor_1k_100; then CMD[floor_1k_100]="--duration $D $W floor -n 1000 --rate 100 $FLOOR_PIN"; run_floor floor_1k_100 ${CMD[floor_1k_100]}; fi
 if want floor_10k_10; then CMD[floor_10k_10]="--duration $D $W floor -n $BIG --rate 10 $FLOOR_PIN"; run_floor floor_10k_10 ${CMD[floor_10k_10]}; fi
+# The same writes in random order: what a fan-out in member-list order (random user ids) costs.
+if want floor_10k_10_shuffled; then CMD[floor_10k_10_shuffled]="--duration $D $W floor -n $BIG --rate 10 $FLOOR_PIN --shuffle"; run_floor floor_10k_10_shuffled ${CMD[floor_10k_10_shuffled]}; fi
 if want chat_max; then CMD[chat_max]="--duration $D chat -k $PAIRS"; run chat_max ${CMD[chat_max]}; fi
 CHAT_HALF_RATE=25000
 if want chat_half; then CMD[chat_half]="--duration $D $W chat -k $PAIRS --rate $CHAT_HALF_RATE"; run chat_half ${CMD[chat_half]}; fi
@@ -267,7 +269,8 @@ floor_cpu() {
   row "fanout 1,000 members at 100 msgs/s: p99 send→deliver ms" "≤ 5" "$(median fanout_1k_100 .delivery_latency.p99_ms); lost $(lost fanout_1k_100)$(cpu fanout_1k_100)" fanout_1k_100
   row "fanout $BIG members at 10 msgs/s: p99 send→deliver ms" "≤ 50" "$(median fanout_10k_10 .delivery_latency.p99_ms); lost $(lost fanout_10k_10)$(cpu fanout_10k_10)" fanout_10k_10
   row "floor of the two rows above, no server: 1,000 sockets written 100 times/s from core 0, read on core 1: p99 write→read ms" "—" "$(median floor_1k_100 .delivery_latency.p99_ms)$(floor_cpu floor_1k_100)" floor_1k_100
-  row "floor, no server: $BIG sockets written 10 times/s: p99 write→read ms" "—" "$(median floor_10k_10 .delivery_latency.p99_ms)$(floor_cpu floor_10k_10)" floor_10k_10
+  row "floor, no server: $BIG sockets written 10 times/s in accept order: p99 write→read ms" "—" "$(median floor_10k_10 .delivery_latency.p99_ms)$(floor_cpu floor_10k_10)" floor_10k_10
+  row "floor, no server: the same in random order: p99 write→read ms" "—" "$(median floor_10k_10_shuffled .delivery_latency.p99_ms)$(floor_cpu floor_10k_10_shuffled)" floor_10k_10_shuffled
   row "fanout 1,000 at 100 msgs/s + 1 stalled reader: p99 ms of the others (runs interleaved with the row above)" "within 10% of the run without" "$(median fanout_stalled .delivery_latency.p99_ms); lost $(lost fanout_stalled)$(cpu fanout_stalled)" fanout_stalled
   row "fanout 1,000 at max rate + 1 stalled reader: deliveries/s to the others" "within 10% of the run without" "$(median fanout_max_stalled .deliveries_per_s); lost $(lost fanout_max_stalled)$(cpu fanout_max_stalled)" fanout_max_stalled
   row "chat $PAIRS pairs, max rate: acked msgs/s" "≥ 50,000" "$(median chat_max .acks_per_s); lost $(lost chat_max)$(cpu chat_max)" chat_max

@@ -48,6 +48,9 @@ pub struct FloorOpts {
     pub recv_cpu: Option<usize>,
     /// The executable to run the reader with (default: this one, with `floor-reader`).
     pub reader_exe: Option<std::path::PathBuf>,
+    /// Write the sockets in a random order instead of the order they were accepted in (which
+    /// is the order the kernel allocated them in, and the cheaper one to write).
+    pub shuffle: bool,
 }
 
 /// The reader's result, one JSON line on its stdout.
@@ -134,7 +137,11 @@ pub fn run(opts: &FloorOpts) -> anyhow::Result<Report> {
     let mut child = cmd.spawn().context("starting the reader process")?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped"));
 
-    let socks = accept_all(&listener, opts.connections, &mut child)?;
+    let mut socks = accept_all(&listener, opts.connections, &mut child)?;
+    if opts.shuffle {
+        use rand::seq::SliceRandom;
+        socks.shuffle(&mut rand::rng());
+    }
     let mut line = String::new();
     lines.read_line(&mut line)?;
     if line.trim() != "ready" {
@@ -187,7 +194,7 @@ pub fn run(opts: &FloorOpts) -> anyhow::Result<Report> {
 
     let params = json!({
         "connections": opts.connections, "rate": opts.rate, "bytes": bytes,
-        "send_cpu": opts.send_cpu, "recv_cpu": opts.recv_cpu,
+        "send_cpu": opts.send_cpu, "recv_cpu": opts.recv_cpu, "shuffle": opts.shuffle,
     });
     let rx = ReceiverResult {
         deliveries: reader.timed,

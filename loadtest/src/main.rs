@@ -167,6 +167,9 @@ enum Scenario {
         /// Core for the reader process (the tool's core).
         #[arg(long)]
         recv_cpu: Option<usize>,
+        /// Write the sockets in a random order, not in accept order.
+        #[arg(long)]
+        shuffle: bool,
     },
     /// Internal: holds receivers for a parent run (JSON lines on stdin/stdout).
     #[command(hide = true)]
@@ -207,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             bytes,
             send_cpu,
             recv_cpu,
+            shuffle,
         } => {
             let opts = floor::FloorOpts {
                 connections,
@@ -217,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 send_cpu,
                 recv_cpu,
                 reader_exe: None,
+                shuffle,
             };
             let report = tokio::task::spawn_blocking(move || floor::run(&opts)).await??;
             return finish(&report, c);

@@ -145,6 +145,7 @@ fn floor_reads_every_record_and_times_the_rounds() {
         send_cpu: None,
         recv_cpu: None,
         reader_exe: Some(env!("CARGO_BIN_EXE_kaiwa-loadtest").into()),
+        shuffle: true,
     };
     let report = floor::run(&opts).unwrap();
     assert_eq!(report.scenario, "floor");
