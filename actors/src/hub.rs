@@ -252,3 +252,10 @@ mod tests {
         });
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        eprintln!("PROBE outbox={} conn={} entries={} entry={}", std::mem::size_of::<crate::outbox::Outbox>(), std::mem::size_of::<super::Conn>(), std::mem::size_of::<super::Entries>(), std::mem::size_of::<super::Entry>());
+    }
+}

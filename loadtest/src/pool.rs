@@ -33,7 +33,7 @@ impl Pool {
     ) -> anyhow::Result<Pool> {
         if job.members.len() <= per_process.max(1) {
             Ok(Pool::Local(Box::new(
-                LocalReceivers::start(&job, live).await,
+                LocalReceivers::start(&job, live).await?,
             )))
         } else {
             Ok(Pool::Workers(

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::StreamExt;
 use rustc_hash::FxHashMap;
 use serde::de::IgnoredAny;
@@ -145,8 +146,9 @@ pub struct LocalReceivers {
 }
 
 impl LocalReceivers {
-    /// Connects every member (paced) and starts reading; counts into `live`.
-    pub async fn start(job: &ReceiverJob, live: Arc<Live>) -> LocalReceivers {
+    /// Connects every member (paced) and starts reading; counts into `live`. Fails only when
+    /// the reading thread of pure receivers cannot start (connection failures are counted).
+    pub async fn start(job: &ReceiverJob, live: Arc<Live>) -> anyhow::Result<LocalReceivers> {
         let tokens: Vec<String> = job.members.iter().map(|m| m.token.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs_f64(job.connect_timeout_s);
         let live2 = live.clone();
@@ -165,8 +167,8 @@ impl LocalReceivers {
             )
             .await;
             let n = raws.len();
-            let reactor = Reactor::start(raws, live).expect("starting the receivers' thread");
-            return LocalReceivers {
+            let reactor = Reactor::start(raws, live).context("starting the receivers' thread")?;
+            return Ok(LocalReceivers {
                 clients: vec![None; n],
                 specs: job.members.clone(),
                 seen: (0..n).map(|_| Arc::default()).collect(),
@@ -178,7 +180,7 @@ impl LocalReceivers {
                 format,
                 target: job.target.clone(),
                 first_index: job.first_index,
-            };
+            });
         }
         let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
         let make_tap = |i: usize| -> Option<Tap> {
@@ -214,7 +216,7 @@ impl LocalReceivers {
                 })
             })
             .collect();
-        LocalReceivers {
+        Ok(LocalReceivers {
             clients,
             specs: job.members.clone(),
             seen,
@@ -226,7 +228,7 @@ impl LocalReceivers {
             format,
             target: job.target.clone(),
             first_index: job.first_index,
-        }
+        })
     }
 
     /// The connections (None where connecting failed), e.g. for scenarios that also send on them.

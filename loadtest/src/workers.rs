@@ -205,7 +205,7 @@ pub async fn run_worker(max_s: f64) -> anyhow::Result<()> {
     };
     clock::align_to(start.epoch_unix_ns);
     let live = Arc::new(Live::default());
-    let receivers = LocalReceivers::start(&start.job, live.clone()).await;
+    let receivers = LocalReceivers::start(&start.job, live.clone()).await?;
     let progress_live = live.clone();
     let progress = tokio::spawn(async move {
         loop {

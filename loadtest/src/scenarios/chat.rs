@@ -66,7 +66,7 @@ pub async fn run(ctx: &Ctx, plan: &ChatPlan, opts: &ChatOpts) -> anyhow::Result<
         connect_timeout_s: 300.0,
         pure: false,
     };
-    let mut rx = LocalReceivers::start(&job, live.clone()).await;
+    let mut rx = LocalReceivers::start(&job, live.clone()).await?;
     let clients = rx.clients().to_vec();
     // Open the chats (A opens with B), 64 at a time.
     let opened: Vec<(usize, anyhow::Result<String>)> =
