@@ -25,7 +25,7 @@ impl Bus for LocalBus {
     fn publish(&self, envelope: Envelope) {
         match envelope {
             Envelope::Deliver { recipients, events } => {
-                let n = self.hub.deliver(&recipients, &events);
+                let n = self.hub.deliver_to(&recipients, &events);
                 self.deliveries.increment(n);
             }
         }

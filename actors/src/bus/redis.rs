@@ -120,8 +120,8 @@ impl Cluster {
 
     /// Delivers events: to this node's sessions directly, and once to each other node that
     /// hosts a recipient, naming only that node's recipients.
-    pub fn fan_out(&self, recipients: &[Id], events: &[Arc<SharedEvent>]) {
-        let n = self.hub.deliver(recipients, events);
+    pub fn fan_out(&self, recipients: &Arc<[Id]>, events: &[Arc<SharedEvent>]) {
+        let n = self.hub.deliver_to(recipients, events);
         self.deliveries.increment(n);
         for (node, users) in self.remote_recipients(recipients) {
             let wire = Wire::Deliver {
