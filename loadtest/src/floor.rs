@@ -112,7 +112,7 @@ pub fn run(opts: &FloorOpts) -> anyhow::Result<Report> {
     if let Some(cpu) = opts.send_cpu {
         pin_to(cpu)?;
     }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = listen_loopback()?;
     let port = listener.local_addr()?.port();
     let bound = opts.duration + opts.warmup + Duration::from_secs(120);
     let exe = match &opts.reader_exe {
@@ -234,6 +234,15 @@ pub fn run(opts: &FloorOpts) -> anyhow::Result<Report> {
         json!(writes.saturating_sub(reader.records)),
     );
     Ok(report)
+}
+
+/// A listener on a free loopback port whose backlog holds a burst of the reader's connects: with
+/// the default of 128 the kernel drops SYNs past it, and each dropped one costs a second.
+fn listen_loopback() -> anyhow::Result<TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
 }
 
 /// Accepts `n` connections from the reader, giving up if it dies or takes over a minute.
