@@ -130,19 +130,28 @@ type SharedSeen = Arc<Mutex<Seen>>;
 
 /// Receivers held by this process.
 pub struct LocalReceivers {
-    clients: Vec<Option<Arc<Client>>>,
     specs: Vec<ReceiverSpec>,
-    seen: Vec<SharedSeen>,
-    tasks: Vec<Option<JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
     connect: ConnectStats,
-    latency: Arc<Vec<Mutex<Latency>>>,
-    /// The thread that reads pure receivers (then `clients` are all None until the end).
-    reactor: Option<Reactor>,
+    reading: Reading,
     format: WireFormat,
     /// Where the receivers connected, for reconnecting those cut off before the final sync.
     target: Target,
     first_index: usize,
+}
+
+/// How the receivers are read during the run.
+enum Reading {
+    /// Pure receivers: one thread reads them all.
+    Reactor(Reactor),
+    /// A client per connection, for connections that also send: its reader task taps
+    /// `message` events, and a receive task per connection takes what the tap leaves.
+    Clients {
+        clients: Vec<Option<Arc<Client>>>,
+        seen: Vec<SharedSeen>,
+        tasks: Vec<Option<JoinHandle<()>>>,
+        stop: watch::Sender<bool>,
+        latency: Arc<Vec<Mutex<Latency>>>,
+    },
 }
 
 impl LocalReceivers {
@@ -152,9 +161,6 @@ impl LocalReceivers {
         let tokens: Vec<String> = job.members.iter().map(|m| m.token.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs_f64(job.connect_timeout_s);
         let live2 = live.clone();
-        let latency: Arc<Vec<Mutex<Latency>>> =
-            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
-        let (stop, _) = watch::channel(false);
         let format = job.target.format();
         if job.pure {
             let (raws, connect) = connect_all_raw(
@@ -166,22 +172,18 @@ impl LocalReceivers {
                 &move || Live::bump(&live2.connects),
             )
             .await;
-            let n = raws.len();
             let reactor = Reactor::start(raws, live).context("starting the receivers' thread")?;
             return Ok(LocalReceivers {
-                clients: vec![None; n],
                 specs: job.members.clone(),
-                seen: (0..n).map(|_| Arc::default()).collect(),
-                tasks: (0..n).map(|_| None).collect(),
-                stop,
                 connect,
-                latency,
-                reactor: Some(reactor),
+                reading: Reading::Reactor(reactor),
                 format,
                 target: job.target.clone(),
                 first_index: job.first_index,
             });
         }
+        let latency: Arc<Vec<Mutex<Latency>>> =
+            Arc::new((0..SHARDS).map(|_| Mutex::default()).collect());
         let seen: Vec<SharedSeen> = (0..tokens.len()).map(|_| Arc::default()).collect();
         let make_tap = |i: usize| -> Option<Tap> {
             let (seen, live, latency) = (seen[i].clone(), live.clone(), latency.clone());
@@ -199,7 +201,7 @@ impl LocalReceivers {
             &make_tap,
         )
         .await;
-        let stop_rx = stop.subscribe();
+        let (stop, stop_rx) = watch::channel(false);
         let tasks = clients
             .iter()
             .enumerate()
@@ -217,14 +219,15 @@ impl LocalReceivers {
             })
             .collect();
         Ok(LocalReceivers {
-            clients,
             specs: job.members.clone(),
-            seen,
-            tasks,
-            stop,
             connect,
-            latency,
-            reactor: None,
+            reading: Reading::Clients {
+                clients,
+                seen,
+                tasks,
+                stop,
+                latency,
+            },
             format,
             target: job.target.clone(),
             first_index: job.first_index,
@@ -232,8 +235,12 @@ impl LocalReceivers {
     }
 
     /// The connections (None where connecting failed), e.g. for scenarios that also send on them.
+    /// Pure receivers have none during the run: their thread reads the sockets.
     pub fn clients(&self) -> &[Option<Arc<Client>>] {
-        &self.clients
+        match &self.reading {
+            Reading::Clients { clients, .. } => clients,
+            Reading::Reactor(_) => &[],
+        }
     }
 
     /// Tells receiver `i` which convs it must see all of, once they are known (e.g. after
@@ -250,15 +257,15 @@ impl LocalReceivers {
     /// Stops reading, syncs what each receiver missed of `acked` (conv → acked seqs) and returns
     /// the measurements. Closes the connections.
     pub async fn finish(self, acked: &HashMap<String, Vec<u64>>) -> ReceiverResult {
-        let _ = self.stop.send(true);
         let mut result = ReceiverResult {
             connect: self.connect,
             ..Default::default()
         };
         let mut work = Vec::new();
-        if let Some(reactor) = self.reactor {
-            // Pure receivers become clients again, for the sync.
-            match reactor.finish() {
+        let mut shards = None;
+        match self.reading {
+            Reading::Reactor(reactor) => match reactor.finish() {
+                // Pure receivers become clients again, for the sync.
                 Ok((finished, latency)) => {
                     result.latency.merge(&latency);
                     for (f, spec) in finished.into_iter().zip(self.specs) {
@@ -269,17 +276,26 @@ impl LocalReceivers {
                     }
                 }
                 Err(e) => eprintln!("receivers: {e:#}"),
-            }
-        } else {
-            let slots = self.clients.into_iter().zip(self.specs).zip(self.tasks);
-            for (((client, spec), task), seen) in slots.zip(self.seen) {
-                if let Some(t) = task {
-                    let _ = t.await;
+            },
+            Reading::Clients {
+                clients,
+                seen,
+                tasks,
+                stop,
+                latency,
+            } => {
+                let _ = stop.send(true);
+                let slots = clients.into_iter().zip(self.specs).zip(tasks);
+                for (((client, spec), task), seen) in slots.zip(seen) {
+                    if let Some(t) = task {
+                        let _ = t.await;
+                    }
+                    // Events that still arrive (during the sync below) go to a fresh, discarded
+                    // record.
+                    let seen = std::mem::take(&mut *seen.lock().unwrap());
+                    work.push((client, spec, seen));
                 }
-                // Events that still arrive (during the sync below) go to a fresh, discarded
-                // record.
-                let seen = std::mem::take(&mut *seen.lock().unwrap());
-                work.push((client, spec, seen));
+                shards = Some(latency);
             }
         }
         let (target, first_index) = (&self.target, self.first_index);
@@ -318,7 +334,7 @@ impl LocalReceivers {
             }
             result.loss.merge(&loss);
         }
-        for shard in self.latency.iter() {
+        for shard in shards.iter().flat_map(|s| s.iter()) {
             result.latency.merge(&shard.lock().unwrap());
         }
         result
